@@ -1,0 +1,55 @@
+"""The bundled toy reasoning model and its synthetic arithmetic task (the package's embedded default).
+
+    >>> from emreason import toy
+    >>> model, tokenizer = toy.load_model()
+    >>> problems = toy.make_problems("heldout", 100)
+
+The checkpoint is ordinary package data (safetensors + config + tokenizer) loaded with the ordinary
+``AutoModelForCausalLM.from_pretrained(local_dir)``; `recipes/pretrain_toy.py` recreates it.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from emreason.toy.task import ToyProblem, extract_answer, grade, iter_problems, make_problems, random_problem
+
+__all__ = [
+    "ToyProblem",
+    "extract_answer",
+    "grade",
+    "iter_problems",
+    "make_problems",
+    "random_problem",
+    "model_path",
+    "load_model",
+]
+
+_CHECKPOINT = Path(__file__).resolve().parent / "checkpoint"
+
+
+def model_path() -> Path:
+    """Directory of the bundled toy checkpoint; raises FileNotFoundError naming it when it is missing."""
+    if not (_CHECKPOINT / "config.json").is_file():
+        raise FileNotFoundError(
+            f"toy checkpoint missing at {_CHECKPOINT}; recreate it with "
+            f"`python recipes/pretrain_toy.py --output_dir {_CHECKPOINT}`"
+        )
+    return _CHECKPOINT
+
+
+def load_model(path: str | Path | None = None, device: str = "cpu", dtype: str = "float32"):
+    """Load ``(model, tokenizer)`` from ``path`` (default: the bundled toy checkpoint) in eval mode."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    directory = Path(path) if path is not None else model_path()
+    if not directory.is_dir():
+        raise FileNotFoundError(f"model directory not found: {directory}")
+    torch_dtype = getattr(torch, dtype, None)
+    if not isinstance(torch_dtype, torch.dtype):
+        raise ValueError(f"unknown dtype {dtype!r}; use float32, bfloat16 or float16")
+    tokenizer = AutoTokenizer.from_pretrained(directory)
+    model = AutoModelForCausalLM.from_pretrained(directory, dtype=torch_dtype).to(device)
+    model.eval()
+    return model, tokenizer

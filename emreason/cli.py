@@ -14,17 +14,26 @@ def _demo_parser(sub) -> None:
     from emreason.demo import METHODS
 
     demo = sub.add_parser("demo", help="run every EM method on the bundled toy model and compare")
-    demo.add_argument("--output", type=Path, default=None,
-                      help="output folder (default: a fresh folder under the system temp dir)")
+    demo.add_argument(
+        "--output",
+        type=Path,
+        default=None,
+        help="output folder (default: a fresh folder under the system temp dir)",
+    )
     demo.add_argument("--n-problems", type=int, default=500, help="held-out problems (default 500)")
     demo.add_argument("--seed", type=int, default=0)
     demo.add_argument("--device", default="cpu")
     demo.add_argument("--dtype", default="float32", choices=DTYPES)
-    demo.add_argument("--methods", default=",".join(METHODS),
-                      help=f"comma-separated subset of {','.join(METHODS)}")
+    demo.add_argument(
+        "--methods", default=",".join(METHODS), help=f"comma-separated subset of {','.join(METHODS)}"
+    )
     demo.add_argument("--model", default=None, help="model directory (default: the bundled toy model)")
-    demo.add_argument("--train-steps", type=int, default=None,
-                      help="override the label-free training steps of EM-FT / EM-RL")
+    demo.add_argument(
+        "--train-steps",
+        type=int,
+        default=None,
+        help="override the label-free training steps of EM-FT / EM-RL",
+    )
 
 
 def _run_demo(args: argparse.Namespace) -> int:
@@ -33,8 +42,16 @@ def _run_demo(args: argparse.Namespace) -> int:
     check_device(args.device)
     output = args.output or Path(tempfile.mkdtemp(prefix="emreason-demo-"))
     methods = tuple(m.strip() for m in args.methods.split(",") if m.strip())
-    run_demo(output, n_problems=args.n_problems, seed=args.seed, device=args.device, dtype=args.dtype,
-             methods=methods, model_path=args.model, train_steps=args.train_steps)
+    run_demo(
+        output,
+        n_problems=args.n_problems,
+        seed=args.seed,
+        device=args.device,
+        dtype=args.dtype,
+        methods=methods,
+        model_path=args.model,
+        train_steps=args.train_steps,
+    )
     print(f"results written to {output}")
     return 0
 

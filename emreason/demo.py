@@ -73,8 +73,9 @@ def run_demo(
 
     def evaluate(label: str, m, temperature: float, processor=None, note: str = "") -> None:
         with console.status(f"{label}: {_decoding_name(temperature)} on {n_problems} held-out problems"):
-            result = evaluate_toy(m, tokenizer, problems, temperature=temperature, seed=seed,
-                                  logits_processor=processor)
+            result = evaluate_toy(
+                m, tokenizer, problems, temperature=temperature, seed=seed, logits_processor=processor
+            )
         rows.append(DemoRow(label, _decoding_name(temperature), result, note))
         console.log(f"{label:>16} {_decoding_name(temperature):>7}: {100 * result.accuracy:5.1f}%")
 
@@ -88,11 +89,20 @@ def run_demo(
 
             from emreason.integrations.transformers import EMInfLogitsProcessor
 
-            evaluate("EM-INF", model, 1.0, LogitsProcessorList([EMInfLogitsProcessor()]),
-                     note="defaults: 3 steps, lr 0.1, threshold 0.3, kl 0.05")
-            evaluate("EM-INF (10 steps)", model, 1.0,
-                     LogitsProcessorList([EMInfLogitsProcessor(steps=10, threshold=0.1)]),
-                     note="10 steps, threshold 0.1")
+            evaluate(
+                "EM-INF",
+                model,
+                1.0,
+                LogitsProcessorList([EMInfLogitsProcessor()]),
+                note="defaults: 3 steps, lr 0.1, threshold 0.3, kl 0.05",
+            )
+            evaluate(
+                "EM-INF (10 steps)",
+                model,
+                1.0,
+                LogitsProcessorList([EMInfLogitsProcessor(steps=10, threshold=0.1)]),
+                note="10 steps, threshold 0.1",
+            )
         else:
             skipped["em_inf"] = "emreason.integrations.transformers not installed"
 
@@ -106,8 +116,9 @@ def run_demo(
                 if train_steps is not None:
                     settings["steps"] = train_steps
                 with console.status(f"training {method} ({settings['steps']} label-free steps)"):
-                    tuned_dir = train_on_toy(method, output / "models" / method, model_path=model_path,
-                                             seed=seed, **settings)
+                    tuned_dir = train_on_toy(
+                        method, output / "models" / method, model_path=model_path, seed=seed, **settings
+                    )
                 tuned, _ = toy.load_model(tuned_dir, device=device, dtype=dtype)
                 note = ", ".join(f"{k}={v}" for k, v in settings.items())
                 label = {"em_ft": "EM-FT", "em_rl_sequence": "EM-RL-sequence", "em_rl_token": "EM-RL-token"}
@@ -147,8 +158,14 @@ def _print_table(console, rows: list[DemoRow], results: dict) -> None:
         table.add_column(column)
     for row in rows:
         r = row.result
-        table.add_row(row.method, row.decoding, f"{100 * r.accuracy:.1f}%",
-                      f"[{100 * r.ci_low:.1f}, {100 * r.ci_high:.1f}]", f"{r.mean_entropy:.3f}", row.note)
+        table.add_row(
+            row.method,
+            row.decoding,
+            f"{100 * r.accuracy:.1f}%",
+            f"[{100 * r.ci_low:.1f}, {100 * r.ci_high:.1f}]",
+            f"{r.mean_entropy:.3f}",
+            row.note,
+        )
     console.print(table)
     for method, why in results["skipped"].items():
         console.print(f"skipped {method}: {why}")
@@ -163,10 +180,15 @@ def _plot(rows: list[DemoRow], path: Path) -> None:
 
     labels = [f"{row.method}\n{row.decoding}" for row in rows]
     acc = [100 * row.result.accuracy for row in rows]
-    err = [[100 * (row.result.accuracy - row.result.ci_low) for row in rows],
-           [100 * (row.result.ci_high - row.result.accuracy) for row in rows]]
-    colors = ["tab:gray" if row.method == "base" else "tab:blue" if row.decoding == "greedy" else "tab:orange"
-              for row in rows]
+    # Clamp at 0: at 100% accuracy the Wilson bound can sit a rounding error below the point estimate.
+    err = [
+        [max(0.0, 100 * (row.result.accuracy - row.result.ci_low)) for row in rows],
+        [max(0.0, 100 * (row.result.ci_high - row.result.accuracy)) for row in rows],
+    ]
+    colors = [
+        "tab:gray" if row.method == "base" else "tab:blue" if row.decoding == "greedy" else "tab:orange"
+        for row in rows
+    ]
     fig, ax = plt.subplots(figsize=(max(6, 0.9 * len(rows)), 4))
     ax.bar(range(len(rows)), acc, yerr=err, color=colors, capsize=3)
     ax.set_xticks(range(len(rows)), labels, rotation=45, ha="right", fontsize=8)

@@ -119,7 +119,9 @@ def entropy_from_hidden(
         chunk = flat[start : start + chunk_size]
         if needs_grad:
             pieces.append(
-                torch.utils.checkpoint.checkpoint(_chunk_entropy, chunk, lm_head_weight, bias, use_reentrant=False)
+                torch.utils.checkpoint.checkpoint(
+                    _chunk_entropy, chunk, lm_head_weight, bias, use_reentrant=False
+                )
             )
         else:
             pieces.append(_chunk_entropy(chunk, lm_head_weight, bias))

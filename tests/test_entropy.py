@@ -61,7 +61,9 @@ def test_half_precision_is_upcast():
         got = token_entropy(logits.to(dtype))
         assert got.dtype == torch.float32
         # Only the input rounding differs from the float64 reference.
-        torch.testing.assert_close(got.double(), reference_entropy(logits.to(dtype).float()), atol=1e-4, rtol=1e-4)
+        torch.testing.assert_close(
+            got.double(), reference_entropy(logits.to(dtype).float()), atol=1e-4, rtol=1e-4
+        )
 
 
 def test_all_masked_row_is_nan_not_crash():
@@ -88,7 +90,9 @@ def test_sequence_logprob_against_direct_computation():
     out = sequence_logprob(logits, ids, mask)
     for b in range(3):
         terms = [
-            math.log(torch.softmax(logits[b, t].double(), -1)[ids[b, t]].item()) for t in range(5) if mask[b, t]
+            math.log(torch.softmax(logits[b, t].double(), -1)[ids[b, t]].item())
+            for t in range(5)
+            if mask[b, t]
         ]
         assert out.sum[b].item() == pytest.approx(sum(terms), abs=1e-5)
         assert out.mean[b].item() == pytest.approx(sum(terms) / len(terms) if terms else 0.0, abs=1e-5)

@@ -49,7 +49,9 @@ def test_splits_are_disjoint_and_deterministic():
     heldout = toy.make_problems("heldout", 500, seed=3)
     assert {p.expression for p in train}.isdisjoint({p.expression for p in heldout})
     assert len({p.expression for p in heldout}) == 500
-    assert [p.expression for p in toy.make_problems("heldout", 500, seed=3)] == [p.expression for p in heldout]
+    assert [p.expression for p in toy.make_problems("heldout", 500, seed=3)] == [
+        p.expression for p in heldout
+    ]
     assert {p.level for p in heldout} == {1, 2}
     with pytest.raises(ValueError, match="'test'"):
         toy.make_problems("test", 3)
@@ -75,9 +77,21 @@ def test_wilson_interval_against_closed_form():
 def test_pretrain_recipe_runs_and_checkpoint_loads(tmp_path):
     out = tmp_path / "toy"
     result = subprocess.run(
-        [sys.executable, str(REPO / "recipes" / "pretrain_toy.py"), "--steps", "3", "--batch_size", "8",
-         "--output_dir", str(out), "--num_layers", "1"],
-        capture_output=True, text=True, timeout=300,
+        [
+            sys.executable,
+            str(REPO / "recipes" / "pretrain_toy.py"),
+            "--steps",
+            "3",
+            "--batch_size",
+            "8",
+            "--output_dir",
+            str(out),
+            "--num_layers",
+            "1",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert result.returncode == 0, result.stderr[-2000:]
     assert (out / "model.safetensors").is_file() and not list(out.glob("*.bin"))

@@ -46,9 +46,9 @@ def load_model(path: str | Path | None = None, device: str = "cpu", dtype: str =
     directory = Path(path) if path is not None else model_path()
     if not directory.is_dir():
         raise FileNotFoundError(f"model directory not found: {directory}")
-    torch_dtype = getattr(torch, dtype, None)
-    if not isinstance(torch_dtype, torch.dtype):
-        raise ValueError(f"unknown dtype {dtype!r}; use float32, bfloat16 or float16")
+    if dtype not in ("float32", "bfloat16", "float16"):
+        raise ValueError(f"unsupported dtype {dtype!r}; use float32, bfloat16 or float16")
+    torch_dtype = getattr(torch, dtype)
     tokenizer = AutoTokenizer.from_pretrained(directory)
     model = AutoModelForCausalLM.from_pretrained(directory, dtype=torch_dtype).to(device)
     model.eval()

@@ -1,0 +1,120 @@
+"""Tests for emreason.extras.ngvi: quadrature vs Monte Carlo, gradients, fixed points, projection."""
+
+import numpy as np
+import pytest
+from emreason.extras.ngvi import LogisticRegressionVIProblem, MeanFieldGaussianVI
+from scipy.optimize import minimize
+from scipy.special import log_expit
+
+
+@pytest.fixture(scope="module")
+def problem():
+    rng = np.random.default_rng(0)
+    X = np.column_stack([np.ones(120), rng.normal(size=(120, 4))])
+    theta = np.array([0.5, 1.0, -1.0, 2.0, 0.0])
+    y = (rng.random(120) < 1 / (1 + np.exp(-X @ theta))).astype(float)
+    return LogisticRegressionVIProblem(X, y, prior_var=2.0)
+
+
+@pytest.fixture(scope="module")
+def optimum(problem):
+    d = problem.dim
+
+    def objective(params):
+        m, v = params[:d], np.exp(params[d:])
+        gm, gv = problem.loss_grads(m, v)
+        return problem.loss(m, v), np.concatenate([gm, gv * v])
+
+    result = minimize(objective, np.zeros(2 * d), jac=True, method="L-BFGS-B", options={"gtol": 1e-10})
+    return result.fun, result.x[:d], np.exp(result.x[d:])
+
+
+def test_quadrature_loss_matches_monte_carlo(problem):
+    rng = np.random.default_rng(1)
+    m, v = rng.normal(size=5) * 0.5, rng.uniform(0.1, 1.0, size=5)
+    samples = m + np.sqrt(v) * rng.standard_normal((20_000, 5))
+    per_sample = -log_expit(samples @ problem.signed_X.T).sum(axis=1)
+    kl = 0.5 * np.sum(v / 2.0 + m**2 / 2.0 - 1 - np.log(v / 2.0))
+    mc = per_sample.mean() + kl
+    assert abs(problem.loss(m, v) - mc) < 5 * per_sample.std() / np.sqrt(len(per_sample))
+
+
+def test_gradients_match_finite_differences(problem):
+    rng = np.random.default_rng(2)
+    m, v = rng.normal(size=5) * 0.3, rng.uniform(0.2, 1.0, size=5)
+    grad_m, grad_v = problem.loss_grads(m, v)
+    step = 1e-6
+    for j in range(5):
+        e = np.zeros(5)
+        e[j] = step
+        fd_m = (problem.loss(m + e, v) - problem.loss(m - e, v)) / (2 * step)
+        fd_v = (problem.loss(m, v + e) - problem.loss(m, v - e)) / (2 * step)
+        assert abs(fd_m - grad_m[j]) < 1e-5 * max(1, abs(fd_m))
+        # Price's identity holds for the exact integral; quadrature adds a ~1e-5 relative discrepancy.
+        assert abs(fd_v - grad_v[j]) < 2e-4 * max(1, abs(fd_v))
+
+
+def test_minibatch_gradient_is_unbiased(problem):
+    m, v = np.full(5, 0.1), np.full(5, 0.5)
+    full = problem.likelihood_grads(m, v)[0]
+    rng = np.random.default_rng(3)
+    batches = [problem.likelihood_grads(m, v, rng.choice(120, 10, replace=False))[0] for _ in range(3000)]
+    mean, se = np.mean(batches, axis=0), np.std(batches, axis=0) / np.sqrt(3000)
+    assert np.all(np.abs(mean - full) < 5 * se + 1e-12)
+
+
+@pytest.mark.parametrize("method", ["sngd", "proj_sngd"])
+def test_full_batch_natural_gradient_reaches_the_lbfgs_optimum(problem, optimum, method):
+    loss_star, m_star, v_star = optimum
+    fit = MeanFieldGaussianVI(method, 0.5, n_iter=80, batch_size=None).fit(problem)
+    assert fit.final_loss_ - loss_star < 1e-6
+    np.testing.assert_allclose(fit.mean_, m_star, atol=1e-3)
+    np.testing.assert_allclose(fit.var_, v_star, rtol=1e-3)
+
+
+@pytest.mark.parametrize("method", ["prox_sgd", "proj_sgd"])
+def test_full_batch_euclidean_methods_approach_the_optimum(problem, optimum, method):
+    loss_star = optimum[0]
+    fit = MeanFieldGaussianVI(method, 0.01, n_iter=400, batch_size=None).fit(problem)
+    assert fit.final_loss_ - loss_star < 1e-4
+
+
+def test_projection_keeps_iterates_valid_where_sngd_diverges(problem):
+    sngd = MeanFieldGaussianVI("sngd", 2.5, n_iter=200, batch_size=8).fit(problem)
+    proj = MeanFieldGaussianVI(
+        "proj_sngd", 2.5, n_iter=200, batch_size=8, mean_bound=5.0, variance_bound=20.0
+    )
+    proj.fit(problem)
+    assert sngd.diverged_ and not np.isfinite(sngd.final_loss_)
+    assert not proj.diverged_ and np.isfinite(proj.final_loss_)
+    assert np.all(np.abs(proj.mean_) <= 5.0) and np.all((proj.var_ >= 1 / 20.0) & (proj.var_ <= 20.0))
+
+
+def test_decreasing_step_suboptimality_shrinks(problem, optimum):
+    loss_star = optimum[0]
+    gaps = []
+    for horizon in (50, 800):
+        runs = [
+            MeanFieldGaussianVI(
+                "proj_sngd", lambda t: 2.0 / (t + 40.0), n_iter=horizon, batch_size=10, random_state=s
+            )
+            .fit(problem)
+            .final_loss_
+            - loss_star
+            for s in range(3)
+        ]
+        gaps.append(np.mean(runs))
+    assert gaps[1] < gaps[0] / 4  # a 16x longer run must cut the gap by well over sqrt(16)
+
+
+def test_bad_inputs_raise(problem):
+    with pytest.raises(ValueError, match="method"):
+        MeanFieldGaussianVI("adam").fit(problem)
+    with pytest.raises(ValueError, match="step_size"):
+        MeanFieldGaussianVI(step_size=-1.0).fit(problem)
+    with pytest.raises(ValueError, match="batch_size"):
+        MeanFieldGaussianVI(batch_size=1000).fit(problem)
+    with pytest.raises(TypeError, match="LogisticRegressionVIProblem"):
+        MeanFieldGaussianVI().fit("not a problem")
+    with pytest.raises(ValueError, match="y must be"):
+        LogisticRegressionVIProblem(np.zeros((3, 2)), np.array([0.0, 2.0, 1.0]))

@@ -23,7 +23,19 @@ _LAZY = {
     "EMRLTrainer": "emreason.trainers",
 }
 
-__all__ = sorted(_LAZY) + ["__version__"]
+__all__ = [
+    "EMFTConfig",
+    "EMFTTrainer",
+    "EMInfConfig",
+    "EMRLConfig",
+    "EMRLTrainer",
+    "__version__",
+    "adaptive_temperature",
+    "entropy_from_hidden",
+    "minimize_entropy",
+    "sequence_logprob",
+    "token_entropy",
+]
 
 if TYPE_CHECKING:  # pragma: no cover
     from emreason.em_inf import EMInfConfig, adaptive_temperature, minimize_entropy

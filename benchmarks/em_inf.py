@@ -1,0 +1,206 @@
+"""EM-INF speed: processor cost per decode step in softmax-equivalents, and vLLM server overhead.
+
+    python benchmarks/em_inf.py                    # CPU, B in {1, 8, 64}, V = 151,936, plus the server part
+    python benchmarks/em_inf.py --device cuda --no-server
+    python benchmarks/em_inf.py --output benchmarks/results/em_inf.json
+
+Prints one JSON object. ``processor``: per batch size, the median wall time of one ``minimize_entropy``
+call with every row doing all ``steps`` Adam steps (threshold 0: the worst case), of one softmax over the
+same ``[B, V]`` float32 tensor, and their ratio, overall and per Adam step (goal: <= 3 softmax-equivalents
+per step). ``server``: generated tokens/s of a vLLM server (``.venv-vllm``, toy model) for the same
+concurrent requests without and with ``em_inf``, and the slowdown.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import torch
+
+from emreason.em_inf import EMInfConfig, EMInfWorkspace, minimize_entropy
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def median_seconds(fn, device: torch.device, repeats: int, warmup: int = 2) -> float:
+    """Median time of ``fn()``: CPU time of this process on CPU (robust to a shared, busy machine), wall
+    time with synchronization on GPUs."""
+    clock = time.process_time if device.type == "cpu" else time.perf_counter
+    for _ in range(warmup):
+        fn()
+    _sync(device)
+    times = []
+    for _ in range(repeats):
+        start = clock()
+        fn()
+        _sync(device)
+        times.append(clock() - start)
+    return sorted(times)[len(times) // 2]
+
+
+def bench_processor(
+    batch_sizes: list[int], vocab: int, device: torch.device, repeats: int, steps: int
+) -> list[dict]:
+    config = EMInfConfig(steps=steps, threshold=0.0)
+    workspace = EMInfWorkspace()  # reused across calls, as the integrations do
+    rows = []
+    for batch in batch_sizes:
+        gen = torch.Generator(device="cpu").manual_seed(batch)
+        logits = (torch.randn(batch, vocab, generator=gen) * 3).to(device)
+        with torch.inference_mode():
+            softmax_s = median_seconds(lambda x=logits: torch.softmax(x, dim=-1), device, repeats)
+            em_s = median_seconds(
+                lambda x=logits: minimize_entropy(x, config, workspace=workspace), device, repeats
+            )
+        rows.append(
+            {
+                "batch": batch,
+                "vocab": vocab,
+                "steps": steps,
+                "softmax_ms": round(softmax_s * 1e3, 4),
+                "em_inf_ms": round(em_s * 1e3, 4),
+                "softmax_equivalents": round(em_s / softmax_s, 2),
+                "softmax_equivalents_per_adam_step": round(em_s / softmax_s / steps, 2),
+            }
+        )
+    return rows
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def bench_server(
+    venv_python: Path, model: Path, requests: int, max_tokens: int, start_timeout: float, rounds: int
+) -> dict:
+    import openai
+
+    port = _free_port()
+    log = tempfile.NamedTemporaryFile("w", suffix=".log", delete=False)  # noqa: SIM115 (closed below)
+    args = [
+        str(venv_python), "-m", "vllm.entrypoints.openai.api_server", "--model", str(model),
+        "--host", "127.0.0.1", "--port", str(port), "--dtype", "float32", "--enforce-eager",
+        "--max-model-len", "256", "--max-num-seqs", str(max(requests, 1)), "--seed", "0",
+        "--logits-processors", "emreason.integrations.vllm:EMInfLogitsProcessor",
+    ]  # fmt: skip
+    env = {**os.environ, "VLLM_CPU_KVCACHE_SPACE": "1"}
+    server = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+    try:
+        deadline = time.monotonic() + start_timeout
+        while True:
+            if server.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"vLLM server did not start; see {log.name}")
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2):
+                    break
+            except OSError:
+                time.sleep(1)
+        client = openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="none")
+
+        def one(i: int, xargs: dict | None) -> int:
+            body = {"ignore_eos": True, **({"vllm_xargs": xargs} if xargs else {})}
+            response = client.completions.create(
+                model=str(model), prompt=f"Q: {i}+{i}*2=?", max_tokens=max_tokens, temperature=1.0, seed=i,
+                extra_body=body,
+            )  # fmt: skip
+            return response.usage.completion_tokens
+
+        def tokens_per_second(xargs: dict | None) -> float:
+            with ThreadPoolExecutor(max_workers=requests) as pool:
+                list(pool.map(lambda i: one(i, xargs), range(2)))  # warm-up
+                start = time.perf_counter()
+                tokens = sum(pool.map(lambda i: one(i, xargs), range(requests)))
+            return tokens / (time.perf_counter() - start)
+
+        tokens_per_second(None)  # warm-up round
+        # Alternating rounds, medians: the machine may be shared and drift.
+        plain, with_em = [], []
+        for _ in range(rounds):
+            plain.append(tokens_per_second(None))
+            with_em.append(tokens_per_second({"em_inf": 1}))
+        plain_med, em_med = sorted(plain)[rounds // 2], sorted(with_em)[rounds // 2]
+        return {
+            "model": str(model),
+            "concurrent_requests": requests,
+            "max_tokens": max_tokens,
+            "rounds": rounds,
+            "tokens_per_s_without": round(plain_med, 2),
+            "tokens_per_s_with_em_inf": round(em_med, 2),
+            "all_rounds_without": [round(x, 1) for x in plain],
+            "all_rounds_with": [round(x, 1) for x in with_em],
+            "slowdown": round(plain_med / em_med, 3),
+        }
+    finally:
+        if server.poll() is None:
+            os.killpg(server.pid, signal.SIGTERM)
+            try:
+                server.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                os.killpg(server.pid, signal.SIGKILL)
+        log.close()
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 8, 64])
+    parser.add_argument("--vocab", type=int, default=151_936)
+    parser.add_argument("--steps", type=int, default=EMInfConfig().steps)
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--repeats", type=int, default=7)
+    parser.add_argument("--server", action=argparse.BooleanOptionalAction, default=True)
+    parser.add_argument("--venv", type=Path, default=REPO / ".venv-vllm")
+    parser.add_argument("--requests", type=int, default=8)
+    parser.add_argument("--max-tokens", type=int, default=64)
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--start-timeout", type=float, default=900)
+    parser.add_argument("--output", type=Path, default=None, help="also write the JSON here (atomically)")
+    args = parser.parse_args(argv)
+    if args.steps < 1 or args.vocab < 2 or args.repeats < 1 or min(args.batch_sizes) < 1:
+        raise ValueError(f"need steps >= 1, vocab >= 2, repeats >= 1, batch sizes >= 1; got {vars(args)}")
+
+    device = torch.device(args.device)
+    result = {
+        "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
+        "torch_threads": torch.get_num_threads(),
+        "processor": bench_processor(args.batch_sizes, args.vocab, device, args.repeats, args.steps),
+    }
+    if args.server:
+        venv_python = args.venv / "bin" / "python"
+        if not venv_python.is_file():
+            result["server"] = {"skipped": f"{venv_python} missing; run bash scripts/setup_vllm_venv.sh"}
+        else:
+            from emreason import toy
+
+            result["server"] = bench_server(
+                venv_python, toy.model_path(), args.requests, args.max_tokens, args.start_timeout, args.rounds
+            )
+    text = json.dumps(result)
+    if args.output is not None:
+        args.output.parent.mkdir(parents=True, exist_ok=True)
+        tmp = args.output.with_suffix(args.output.suffix + ".tmp")
+        tmp.write_text(text + "\n")
+        os.replace(tmp, args.output)
+    print(text)
+    return result
+
+
+if __name__ == "__main__":
+    sys.exit(main() and 0)

@@ -1,0 +1,327 @@
+"""EM-INF: inference-time entropy minimization of next-token logits, and the adaptive-temperature baseline.
+
+EM-INF (Agarwal et al., "The Unreasonable Effectiveness of Entropy Minimization in LLM Reasoning") treats
+one decoding step's logits ``z`` as free parameters and lowers their entropy with a few Adam steps before
+sampling; the model's weights never change. Per row, independently::
+
+    z <- float32 logits; p0 = softmax(z)
+    repeat up to `steps` times:
+        p = softmax(z); H = -sum p log p
+        if H < threshold: stop (this row only)
+        loss = H + kl_weight * KL(p0 || p)
+        one Adam step on z (betas 0.9/0.999, eps 1e-8, learning rate lr)
+    return z
+
+The request's own temperature / top-p / top-k apply afterwards. The authors' released code sums the
+entropy over the batch, which is only right at batch size 1 (how they ran it); here every row is its own
+problem, with its own parameters. Gradients are closed-form, so everything runs under
+``torch.inference_mode()``::
+
+    dH/dz_i          = -p_i (log p_i + H)
+    dKL(p0||p)/dz_i  = p_i - p0_i
+
+Units: entropies and thresholds are in nats. Masked tokens (``-inf``) stay ``-inf``; a row holding NaN or
+``+inf``, or only ``-inf``, is returned unchanged.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, fields
+
+import torch
+
+from emreason.entropy import token_entropy
+
+__all__ = [
+    "EMInfConfig",
+    "AdaptiveTemperatureConfig",
+    "minimize_entropy",
+    "adaptive_temperature",
+    "valid_rows",
+    "EMInfWorkspace",
+]
+
+_BETA1 = 0.9
+_BETA2 = 0.999
+_ADAM_EPS = 1e-8
+
+
+@dataclass(frozen=True)
+class EMInfConfig:
+    """EM-INF hyper-parameters (defaults: the authors' evaluation script).
+
+    The paper's text recommends 5-15 steps and ``0.1 < threshold < 0.5``; the released evaluation script
+    uses ``steps=3, lr=0.1, threshold=0.3, kl_weight=0.05``.
+
+    Attributes:
+        steps: maximum Adam steps per row (>= 0; 0 disables the row).
+        lr: Adam learning rate, in logit units per step (> 0).
+        threshold: a row stops as soon as its entropy falls below this (nats, >= 0).
+        kl_weight: weight of ``KL(p0 || p)``, which keeps ``p`` near the model's own distribution (>= 0).
+    """
+
+    steps: int = 3
+    lr: float = 0.1
+    threshold: float = 0.3
+    kl_weight: float = 0.05
+
+    def __post_init__(self) -> None:
+        validate_em_inf_params(**asdict(self))
+
+    def replace(self, **overrides) -> EMInfConfig:
+        """A copy with ``overrides`` applied (unknown names raise TypeError)."""
+        unknown = set(overrides) - {f.name for f in fields(self)}
+        if unknown:
+            raise TypeError(f"unknown EMInfConfig field(s): {sorted(unknown)}")
+        return EMInfConfig(**{**asdict(self), **overrides})
+
+
+def validate_em_inf_params(steps, lr, threshold, kl_weight) -> None:
+    """Raise TypeError/ValueError naming the first bad EM-INF scalar parameter."""
+    if isinstance(steps, bool) or not isinstance(steps, int):
+        raise TypeError(f"steps must be an int, got {steps!r}")
+    if steps < 0:
+        raise ValueError(f"steps must be >= 0, got {steps}")
+    for name, value, low_ok in (
+        ("lr", lr, False),
+        ("threshold", threshold, True),
+        ("kl_weight", kl_weight, True),
+    ):
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise TypeError(f"{name} must be a number, got {value!r}")
+        if not math.isfinite(value) or value < 0 or (value == 0 and not low_ok):
+            raise ValueError(f"{name} must be {'>= 0' if low_ok else '> 0'} and finite, got {value!r}")
+
+
+class EMInfWorkspace:
+    """Reusable scratch memory for `minimize_entropy`: five ``[B, V]`` buffers in one block that grows as
+    needed. Not thread-safe: give each concurrent caller its own."""
+
+    _COUNT = 5
+
+    def __init__(self) -> None:
+        self._storage: torch.Tensor | None = None
+
+    def buffers(
+        self, shape: torch.Size, dtype: torch.dtype, device: torch.device
+    ) -> tuple[torch.Tensor, ...]:
+        numel = self._COUNT * shape[0] * shape[1]
+        storage = self._storage
+        stale = (
+            storage is None or storage.numel() < numel or storage.dtype != dtype or storage.device != device
+        )
+        # Inference tensors cannot be written outside inference mode (e.g. created in vLLM, used by HF).
+        if stale or (storage.is_inference() and not torch.is_inference_mode_enabled()):
+            storage = self._storage = torch.empty(numel, dtype=dtype, device=device)
+        return storage[:numel].view(self._COUNT, *shape).unbind(0)
+
+
+def valid_rows(logits: torch.Tensor) -> torch.Tensor:
+    """``[B]`` bool: rows with no NaN or ``+inf`` and at least one finite entry (``-inf`` is a mask)."""
+    finite = torch.isfinite(logits)
+    broken = torch.isnan(logits).any(-1) | torch.isposinf(logits).any(-1)
+    return finite.any(-1) & ~broken
+
+
+def _per_row(value, name: str, batch: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """A scalar or ``[B]`` per-row parameter as a ``[B]`` tensor (checked: finite, >= 0)."""
+    tensor = torch.as_tensor(value, dtype=dtype, device=device)
+    if tensor.ndim == 0:
+        tensor = tensor.expand(batch)
+    if tensor.shape != (batch,):
+        raise ValueError(f"{name} must be a scalar or have shape [{batch}], got shape {tuple(tensor.shape)}")
+    if not torch.isfinite(tensor).all() or (tensor < 0).any():
+        raise ValueError(f"{name} must be finite and >= 0 in every row, got {tensor.tolist()}")
+    return tensor
+
+
+def _check_logits(logits) -> None:
+    if not isinstance(logits, torch.Tensor):
+        raise TypeError(f"logits must be a torch.Tensor, got {type(logits).__name__}")
+    if logits.ndim != 2:
+        raise ValueError(f"logits must have shape [B, V], got {tuple(logits.shape)}")
+    if not logits.is_floating_point():
+        raise TypeError(f"logits must be floating point, got {logits.dtype}")
+
+
+@torch.no_grad()
+def minimize_entropy(
+    logits: torch.Tensor,
+    config: EMInfConfig | None = None,
+    *,
+    steps: int | torch.Tensor | None = None,
+    lr: float | torch.Tensor | None = None,
+    threshold: float | torch.Tensor | None = None,
+    kl_weight: float | torch.Tensor | None = None,
+    workspace: EMInfWorkspace | None = None,
+) -> torch.Tensor:
+    """EM-INF on a batch of next-token logits, each row with its own parameters.
+
+    Args:
+        logits: ``[B, V]`` logits (any float dtype; not modified). ``-inf`` entries are masked tokens.
+        config: defaults for every row (``EMInfConfig()`` when None).
+        steps, lr, threshold, kl_weight: optional per-row overrides, each a scalar or a ``[B]`` tensor;
+            ``steps == 0`` leaves a row untouched.
+        workspace: scratch memory to reuse across calls (as the integrations do, one per processor);
+            saves re-faulting five fresh ``[B, V]`` buffers into memory at every decoding step.
+
+    Returns:
+        ``[B, V]`` optimized logits, float32 (float64 for float64 input), a new tensor. Masked entries are
+        still ``-inf``; rows with NaN / ``+inf`` / only ``-inf`` are returned as they came (upcast).
+
+    Memory: the returned ``[B, V]`` tensor plus five ``[B, V]`` workspace buffers (p0, Adam's two moments,
+    two scratch); the loop allocates only ``[B]``-sized tensors. It exits as soon as every row has stopped.
+    """
+    _check_logits(logits)
+    config = config or EMInfConfig()
+    batch, _ = logits.shape
+    dtype = torch.float64 if logits.dtype == torch.float64 else torch.float32
+    device = logits.device
+    steps_t = _per_row(config.steps if steps is None else steps, "steps", batch, dtype, device)
+    lr_t = _per_row(config.lr if lr is None else lr, "lr", batch, dtype, device)
+    threshold_t = _per_row(
+        config.threshold if threshold is None else threshold, "threshold", batch, dtype, device
+    )
+    kl_t = _per_row(config.kl_weight if kl_weight is None else kl_weight, "kl_weight", batch, dtype, device)
+
+    z = logits.to(dtype=dtype, copy=True)
+    max_steps = int(steps_t.max().item()) if batch else 0
+    if max_steps == 0:
+        return z
+    ok = valid_rows(z)
+    # Masked (-inf) tokens get a huge finite logit while optimizing: their probability is still exactly 0,
+    # but p * log p and the gradient are exact zeros instead of 0 * -inf = NaN, with no per-step masking.
+    masked = torch.isneginf(z)
+    floor = torch.finfo(dtype).min / 4
+    z.masked_fill_(masked | ~ok.unsqueeze(-1), floor)
+
+    workspace = workspace if workspace is not None else EMInfWorkspace()
+    # log_p: log p, then the negated gradient; p: p, then Adam's normalized update; exp_avg tracks the
+    # NEGATED gradient's first moment.
+    log_p, p, p0, exp_avg, exp_avg_sq = workspace.buffers(z.shape, dtype, device)
+    torch.log_softmax(z, dim=-1, out=log_p)
+    torch.exp(log_p, out=p0)
+    exp_avg.zero_()
+    exp_avg_sq.zero_()
+    kl_col = kl_t.unsqueeze(-1)
+    active = ok.clone()
+    for step in range(max_steps):
+        if step == 0:
+            p.copy_(p0)  # z has not moved yet
+        else:
+            torch.log_softmax(z, dim=-1, out=log_p)
+            torch.exp(log_p, out=p)
+        # [B]; a batched dot product (no [B, V] temporary); masked tokens contribute exact zeros.
+        entropy = -torch.bmm(p.unsqueeze(1), log_p.unsqueeze(2)).view(-1)
+        # Rows stop for good: the first time H < threshold (authors' `break`) or their step budget runs out.
+        active &= (entropy >= threshold_t) & (step < steps_t)
+        if not bool(active.any()):
+            break
+        # -grad = p * (log p + H - kl_weight) + kl_weight * p0, built in place in the log_p buffer.
+        neg_grad = log_p.add_((entropy - kl_t).unsqueeze(-1)).mul_(p).addcmul_(p0, kl_col)
+        exp_avg.lerp_(neg_grad, 1 - _BETA1)
+        exp_avg_sq.mul_(_BETA2).addcmul_(neg_grad, neg_grad, value=1 - _BETA2)
+        # torch.optim.Adam's update, rearranged: lr/bc1 * m / (sqrt(v)/sqrt(bc2) + eps)
+        #   = [lr * sqrt(bc2) / bc1] * m / (sqrt(v) + eps * sqrt(bc2)).
+        t = step + 1
+        sqrt_bc2 = math.sqrt(1 - _BETA2**t)
+        update = torch.sqrt(exp_avg_sq, out=p).add_(_ADAM_EPS * sqrt_bc2)
+        torch.div(exp_avg, update, out=update)
+        scale = lr_t * (sqrt_bc2 / (1 - _BETA1**t)) * active
+        z.addcmul_(update, scale.unsqueeze(-1))  # + because the moments track the negated gradient
+
+    z.masked_fill_(masked, float("-inf"))
+    if not bool(ok.all()):
+        bad = ~ok
+        z[bad] = logits[bad].to(dtype)
+    return z
+
+
+@dataclass(frozen=True)
+class AdaptiveTemperatureConfig:
+    """Adaptive temperature (the paper's Algorithm 1 baseline); defaults from the authors' released code.
+
+    Rows whose entropy ``H0`` exceeds ``delta`` get the temperature ``tau`` in ``[tau_min, tau_max]``, found
+    by bisection, at which ``H(softmax(z / tau))`` is within ``tol`` of ``max(delta, alpha * H0)``.
+
+    Attributes:
+        alpha: target fraction of the initial entropy (0 < alpha <= 1).
+        delta: entropy floor in nats (>= 0); rows at or below it are left alone.
+        tau_min, tau_max: bisection bracket (0 < tau_min < tau_max).
+        tol: stop once ``|H - target| < tol`` (nats, > 0).
+        max_iter: bisection iterations at most (>= 1).
+    """
+
+    alpha: float = 0.2
+    delta: float = 1e-6
+    tau_min: float = 0.01
+    tau_max: float = 1.0
+    tol: float = 0.1
+    max_iter: int = 100
+
+    def __post_init__(self) -> None:
+        if not 0 < self.alpha <= 1:
+            raise ValueError(f"alpha must be in (0, 1], got {self.alpha!r}")
+        if not (math.isfinite(self.delta) and self.delta >= 0):
+            raise ValueError(f"delta must be finite and >= 0, got {self.delta!r}")
+        if not 0 < self.tau_min < self.tau_max < math.inf:
+            raise ValueError(f"need 0 < tau_min < tau_max < inf, got {self.tau_min!r}, {self.tau_max!r}")
+        if not (math.isfinite(self.tol) and self.tol > 0):
+            raise ValueError(f"tol must be finite and > 0, got {self.tol!r}")
+        if isinstance(self.max_iter, bool) or not isinstance(self.max_iter, int) or self.max_iter < 1:
+            raise ValueError(f"max_iter must be an int >= 1, got {self.max_iter!r}")
+
+
+@torch.no_grad()
+def adaptive_temperature(
+    logits: torch.Tensor,
+    config: AdaptiveTemperatureConfig | None = None,
+    *,
+    alpha: float | torch.Tensor | None = None,
+    delta: float | torch.Tensor | None = None,
+    return_tau: bool = False,
+):
+    """Batched Algorithm 1: per-row bisection on the temperature toward a target entropy.
+
+    Args:
+        logits: ``[B, V]`` logits (not modified); ``-inf`` entries are masked tokens.
+        config: ``AdaptiveTemperatureConfig()`` when None.
+        alpha, delta: optional per-row overrides of ``config.alpha`` / ``config.delta`` (scalar or ``[B]``).
+        return_tau: also return the ``[B]`` temperatures used.
+
+    Returns:
+        ``z / tau`` as ``[B, V]`` float32 (float64 for float64 input), and ``tau`` when asked. Rows with
+        ``H0 <= delta`` and invalid rows (NaN / ``+inf`` / all ``-inf``) get ``tau = 1``. As in the authors'
+        code, a row that never meets ``tol`` ends at the last midpoint tried.
+    """
+    _check_logits(logits)
+    config = config or AdaptiveTemperatureConfig()
+    dtype = torch.float64 if logits.dtype == torch.float64 else torch.float32
+    z = logits.to(dtype)
+    ok = valid_rows(z)
+    safe = torch.where(ok.unsqueeze(-1), z, torch.zeros((), dtype=dtype, device=z.device))
+    batch = z.shape[0]
+    alpha_t = _per_row(config.alpha if alpha is None else alpha, "alpha", batch, dtype, z.device)
+    delta_t = _per_row(config.delta if delta is None else delta, "delta", batch, dtype, z.device)
+    if ((alpha_t <= 0) | (alpha_t > 1)).any():
+        raise ValueError(f"alpha must be in (0, 1] in every row, got {alpha_t.tolist()}")
+    h0 = token_entropy(safe)
+    target = torch.maximum(alpha_t * h0, delta_t)
+    searching = ok & (h0 > delta_t)
+    tau = torch.ones_like(h0)
+    low = torch.full_like(h0, config.tau_min)
+    high = torch.full_like(h0, config.tau_max)
+    for _ in range(config.max_iter):
+        if not bool(searching.any()):
+            break
+        mid = (low + high) / 2
+        tau = torch.where(searching, mid, tau)
+        h = token_entropy(safe / mid.unsqueeze(-1))
+        converged = (h - target).abs() < config.tol
+        too_cold = h < target  # entropy below target: the temperature must rise
+        low = torch.where(searching & ~converged & too_cold, mid, low)
+        high = torch.where(searching & ~converged & ~too_cold, mid, high)
+        searching &= ~converged
+    out = z / tau.unsqueeze(-1)
+    return (out, tau) if return_tau else out

@@ -1,0 +1,236 @@
+"""End to end: a real vLLM OpenAI server with the toy model and the EM-INF processor, and a plain one.
+
+Runs inside ``.venv-vllm`` (driven by ``tests/integrations/test_vllm.py``). Both servers start once per
+module on free ports of 127.0.0.1 and are always stopped. The plain server has the ``em_inf`` entry point
+hidden (by a sitecustomize filter on ``importlib.metadata.entry_points``), so it really has no processor.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import signal
+import socket
+import subprocess
+import sys
+import textwrap
+import time
+import urllib.request
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import openai
+import pytest
+import torch
+
+from emreason.em_inf import EMInfConfig, minimize_entropy
+
+pytestmark = pytest.mark.slow
+
+START_TIMEOUT_S = float(os.environ.get("EMREASON_VLLM_START_TIMEOUT", "600"))
+MAX_TOKENS = 12
+HIDE_ENTRY_POINT = textwrap.dedent(
+    """
+    import importlib.metadata as _md
+    _entry_points = _md.entry_points
+    def _without_em_inf(**kwargs):
+        found = _entry_points(**kwargs)
+        if kwargs.get("group") == "vllm.logits_processors":
+            return _md.EntryPoints([ep for ep in found if not ep.value.startswith("emreason.")])
+        return found
+    _md.entry_points = _without_em_inf
+    """
+)
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def toy_model_dir(tmp: Path) -> Path:
+    """The bundled toy checkpoint, or (before it exists) a randomly initialised model of the same shape."""
+    from emreason import toy
+
+    try:
+        return toy.model_path()
+    except FileNotFoundError:
+        from emreason.toy.pretrain import ToyPretrainConfig, build_model
+        from emreason.toy.tokenizer import build_tokenizer
+
+        torch.manual_seed(0)
+        tokenizer = build_tokenizer()
+        build_model(ToyPretrainConfig(), tokenizer).save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        return tmp
+
+
+class Server:
+    """``python -m vllm.entrypoints.openai.api_server`` in its own process group, logging to a file."""
+
+    def __init__(self, model: Path, log: Path, *, with_processor: bool, site_dir: Path) -> None:
+        self.port = free_port()
+        self.log_path = log
+        args = [
+            sys.executable, "-m", "vllm.entrypoints.openai.api_server",
+            "--model", str(model), "--host", "127.0.0.1", "--port", str(self.port),
+            "--dtype", "float32", "--enforce-eager", "--max-model-len", "256", "--max-num-seqs", "16",
+            "--logprobs-mode", "processed_logprobs", "--max-logprobs", "-1", "--seed", "0",
+        ]  # fmt: skip
+        env = {**os.environ, "VLLM_CPU_KVCACHE_SPACE": "1", "TOKENIZERS_PARALLELISM": "false"}
+        if with_processor:
+            args += ["--logits-processors", "emreason.integrations.vllm:EMInfLogitsProcessor"]
+        else:
+            env["PYTHONPATH"] = os.pathsep.join([str(site_dir), env.get("PYTHONPATH", "")])
+        self._log = open(log, "w")  # noqa: SIM115 (closed in stop())
+        self.process = subprocess.Popen(
+            args, stdout=self._log, stderr=subprocess.STDOUT, env=env, start_new_session=True
+        )
+        self.client = openai.OpenAI(
+            base_url=f"http://127.0.0.1:{self.port}/v1", api_key="none", max_retries=0
+        )
+
+    def log_tail(self, lines: int = 40) -> str:
+        return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+
+    def wait_ready(self, deadline: float) -> None:
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"vLLM server exited with {self.process.returncode}:\n{self.log_tail()}")
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/health", timeout=2) as response:
+                    if response.status == 200:
+                        return
+            except OSError:
+                pass
+            time.sleep(1)
+        raise TimeoutError(f"vLLM server not ready after {START_TIMEOUT_S:.0f} s:\n{self.log_tail()}")
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            os.killpg(self.process.pid, signal.SIGTERM)
+            try:
+                self.process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.process.pid, signal.SIGKILL)
+                self.process.wait(timeout=30)
+        try:  # engine-core / worker children left behind in the group
+            os.killpg(self.process.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        self._log.close()
+
+
+@pytest.fixture(scope="module")
+def servers(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("vllm_e2e")
+    model = toy_model_dir(tmp / "model")
+    site_dir = tmp / "site"
+    site_dir.mkdir()
+    (site_dir / "sitecustomize.py").write_text(HIDE_ENTRY_POINT)
+    started = []
+    try:
+        for name, with_processor in (("em", True), ("plain", False)):
+            started.append(
+                Server(model, tmp / f"{name}.log", with_processor=with_processor, site_dir=site_dir)
+            )
+        deadline = time.monotonic() + START_TIMEOUT_S
+        for server in started:
+            server.wait_ready(deadline)
+        vocab = json.loads((model / "config.json").read_text())["vocab_size"]
+        yield {"em": started[0], "plain": started[1], "model": str(model), "vocab": vocab}
+    finally:
+        for server in started:
+            server.stop()
+
+
+PROMPTS = ["Q: 3+4*2=?", "Q: (7-2)*3=?", "Q: 9-4+1=?"]
+
+
+def complete(server: Server, model: str, vocab: int, prompt: str, seed: int, xargs: dict | None):
+    """One sampled completion (T=1) with the full processed distribution at every generated position."""
+    response = server.client.completions.create(
+        model=model,
+        prompt=f"<|im_start|>user\n{prompt}<|im_end|>\n<|im_start|>assistant\n",
+        max_tokens=MAX_TOKENS,
+        temperature=1.0,
+        seed=seed,
+        logprobs=vocab,
+        extra_body={"vllm_xargs": xargs, "return_tokens_as_token_ids": True}
+        if xargs
+        else {"return_tokens_as_token_ids": True},
+    )
+    choice = response.choices[0]
+    distributions = []
+    for top in choice.logprobs.top_logprobs:
+        logp = torch.full((vocab,), -math.inf, dtype=torch.float64)
+        for token, value in top.items():
+            logp[int(token.removeprefix("token_id:"))] = max(value, -1e30)
+        distributions.append(logp)
+    return choice.text, torch.stack(distributions)
+
+
+def entropy(logp: torch.Tensor) -> torch.Tensor:
+    p = logp.exp()
+    return -(p * torch.where(p > 0, logp, 0)).sum(-1)
+
+
+def test_server_end_to_end(servers):
+    em, plain, model, vocab = servers["em"], servers["plain"], servers["model"], servers["vocab"]
+    custom = {"em_inf": 1, "em_inf_steps": 10, "em_inf_threshold": 0.1}
+    jobs = []
+    for i, prompt in enumerate(PROMPTS):
+        for label, server, xargs in (
+            ("off", em, None),
+            ("off0", em, {"em_inf": 0}),
+            ("on", em, {"em_inf": 1}),
+            ("custom", em, custom),
+            ("plain_off", plain, None),
+            ("plain_on", plain, {"em_inf": 1}),
+        ):
+            jobs.append(((label, i), (server, model, vocab, prompt, 1000 + i, xargs)))
+    invalid = [{"em_inf": 2}, {"em_inf": 1, "em_inf_steps": -3}, {"em_inf": 1, "em_inf_lr": "fast"}]
+    with ThreadPoolExecutor(max_workers=len(jobs) + len(invalid)) as pool:
+        futures = {key: pool.submit(complete, *args) for key, args in jobs}
+        bad = [pool.submit(complete, em, model, vocab, PROMPTS[0], 1, xargs) for xargs in invalid]
+        results = {key: future.result() for key, future in futures.items()}
+        for future, xargs in zip(bad, invalid):
+            with pytest.raises(openai.BadRequestError) as error:
+                future.result()
+            assert error.value.status_code == 400
+            assert any(key in str(error.value) for key in xargs), str(error.value)
+
+    sharpened = []
+    for i in range(len(PROMPTS)):
+        off_text, off_logp = results[("off", i)]
+        plain_text, plain_logp = results[("plain_off", i)]
+        # Requests without EM-INF are unaffected: same output as a server without the processor.
+        assert off_text == plain_text
+        torch.testing.assert_close(off_logp, plain_logp, rtol=0, atol=1e-4)
+        assert results[("off0", i)][0] == off_text
+        # The plain server really has no processor: em_inf there changes nothing.
+        assert results[("plain_on", i)][0] == plain_text
+        for label, config in (("on", EMInfConfig()), ("custom", EMInfConfig(steps=10, threshold=0.1))):
+            _, on_logp = results[(label, i)]
+            # First position: same context as the plain run, so the processed distribution must be EM-INF
+            # applied to the plain server's raw distribution (EM-INF is invariant to a shift of the logits).
+            # Compared as distributions: Adam moves a negligible-probability token by a full +-lr on the sign
+            # of a tiny gradient, so its logit may differ while the distribution does not.
+            expected = torch.softmax(minimize_entropy(plain_logp[:1].float(), config).double(), -1)[0]
+            assert 0.5 * (on_logp[0].exp() - expected).abs().sum() < 1e-3, label
+            # Lower entropy in the processed logprobs wherever the raw entropy was above the threshold (later
+            # positions follow different sampled contexts, so only position 0 has a like-for-like baseline).
+            raw_h, on_h = entropy(plain_logp[0]), entropy(on_logp[0])
+            if raw_h >= config.threshold:
+                assert on_h < raw_h - 1e-3, (label, i, float(on_h), float(raw_h))
+                sharpened.append((label, i))
+            else:
+                assert abs(on_h - raw_h) < 1e-4, (label, i, float(on_h), float(raw_h))
+
+    assert {label for label, _ in sharpened} == {"on", "custom"}, f"no prompt exercised EM-INF: {sharpened}"
+
+    # The server keeps serving after the rejected requests.
+    text, _ = complete(em, model, vocab, PROMPTS[1], 5, {"em_inf": 1})
+    assert isinstance(text, str) and em.process.poll() is None

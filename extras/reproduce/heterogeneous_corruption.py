@@ -22,7 +22,7 @@ from emreason.extras.heterogeneous_corruption import (
     effective_rate,
     linear_estimator_mse_bounded,
 )
-from emreason.extras.reproduce._results_io import default_output_dir, save_figure_atomic, write_json_atomic
+from emreason.extras.reproduce.result_files import default_output_dir, save_figure_atomic, write_json_atomic
 from tqdm import tqdm
 
 METHODS = ("optimal_linear", "threshold", "sample_mean")
@@ -93,7 +93,7 @@ def main(argv: list[str] | None = None) -> dict:
         "ordering_holds": ordering,
         "wall_seconds": time.perf_counter() - start,
     }
-    write_json_atomic(payload, args.output / "results.json")
+    write_json_atomic(args.output / "results.json", payload)
     _plot(per_q, q_values, args.output / "fig2a.png")
     print(f"wrote {args.output}/results.json and fig2a.png")
     return payload

@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from emreason.extras.jala_em import JALAEM, LinearGaussianRegression
-from emreason.extras.reproduce._results_io import default_output_dir, save_figure_atomic, write_json_atomic
+from emreason.extras.reproduce.result_files import default_output_dir, save_figure_atomic, write_json_atomic
 from tqdm import tqdm
 
 # Paper Table 1 entries quoted in the issue: (true order, n) -> (JALA-EM MAE, OLS+BIC MAE).
@@ -101,7 +101,7 @@ def main(argv: list[str] | None = None) -> dict:
         "max_abs_logz_tracking_error_nats": tracking_error,
         "wall_seconds": time.perf_counter() - start,
     }
-    write_json_atomic(payload, args.output / "results.json")
+    write_json_atomic(args.output / "results.json", payload)
     _plot(results, args.output / "model_order_mae.png")
     print(f"wrote {args.output}/results.json and model_order_mae.png")
     return payload

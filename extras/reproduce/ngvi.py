@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 from emreason.extras.ngvi import METHODS, LogisticRegressionVIProblem, MeanFieldGaussianVI
-from emreason.extras.reproduce._results_io import default_output_dir, save_figure_atomic, write_json_atomic
+from emreason.extras.reproduce.result_files import default_output_dir, save_figure_atomic, write_json_atomic
 from scipy.optimize import minimize
 from sklearn.datasets import load_digits
 from tqdm import tqdm
@@ -152,7 +152,7 @@ def main(argv: list[str] | None = None) -> dict:
         "rate_proj_sngd_decreasing_step": rate,
         "wall_seconds": time.perf_counter() - start,
     }
-    write_json_atomic(payload, args.output / "results.json")
+    write_json_atomic(args.output / "results.json", payload)
     _plot(sweep, l_star, rate, args.output / "step_size_robustness.png")
     print(f"wrote {args.output}/results.json and step_size_robustness.png")
     return payload

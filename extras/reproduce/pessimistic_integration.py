@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 from emreason.extras.pessimistic_integration import ESTIMATOR_NAMES, PessimisticDataIntegration
-from emreason.extras.reproduce._results_io import default_output_dir, save_figure_atomic, write_json_atomic
+from emreason.extras.reproduce.result_files import default_output_dir, save_figure_atomic, write_json_atomic
 from tqdm import tqdm
 
 PAPER_TOY_MSE = {"EDO": 1.701, "HDB": 2.372, "Pessi": 1.394}
@@ -105,7 +105,7 @@ def main(argv: list[str] | None = None) -> dict:
         "summary": {str(m): s for m, s in summary.items()},
         "wall_seconds": time.perf_counter() - start,
     }
-    write_json_atomic(payload, args.output / "results.json")
+    write_json_atomic(args.output / "results.json", payload)
     plot(mse, shifts, args.output / "mse_vs_shift.png")
     print(f"wrote {args.output}/results.json and mse_vs_shift.png")
     return payload

@@ -1,0 +1,50 @@
+"""Generation backends: Hugging Face ``generate`` (``hf``), vLLM offline (``vllm``), OpenAI-compatible server.
+
+A backend turns chat conversations into completions: ``generate(conversations, n) -> list[list[str]]``.
+vLLM is imported only inside :mod:`emreason.evals.backends.vllm_backend`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+
+@dataclass
+class GenerationConfig:
+    """Sampling settings shared by every backend. ``temperature == 0`` means greedy decoding."""
+
+    max_new_tokens: int = 4096
+    temperature: float = 0.0
+    top_p: float = 1.0
+    seed: int = 0
+    batch_size: int = 16
+    em_inf: bool = False
+    em_inf_options: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.max_new_tokens < 1:
+            raise ValueError(f"max_new_tokens must be >= 1, got {self.max_new_tokens}")
+        if self.temperature < 0:
+            raise ValueError(f"temperature must be >= 0, got {self.temperature}")
+        if not 0 < self.top_p <= 1:
+            raise ValueError(f"top_p must be in (0, 1], got {self.top_p}")
+        if self.batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
+
+
+def make_backend(name: str, model: str, config: GenerationConfig, **options: Any):
+    """``hf`` | ``vllm`` (``model`` may be an ``http(s)://`` server URL, then the OpenAI client is used)."""
+    if name == "hf":
+        from emreason.evals.backends.hf import HFBackend
+
+        return HFBackend(model, config, **options)
+    if name == "vllm":
+        if model.startswith(("http://", "https://")):
+            from emreason.evals.backends.openai_server import OpenAIServerBackend
+
+            return OpenAIServerBackend(model, config, **options)
+        from emreason.evals.backends.vllm_backend import VLLMBackend
+
+        return VLLMBackend(model, config, **options)
+    raise ValueError(f"unknown backend {name!r}; use 'hf' or 'vllm'")

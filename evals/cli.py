@@ -1,0 +1,160 @@
+"""``emreason eval``: run benchmarks (``--task ... --model ... --backend hf|vllm``) or ``report DIR...``.
+
+Also runnable as ``python -m emreason.evals.cli``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+from emreason.evals.tasks import TASK_NAMES
+
+
+def _parse_option(text: str) -> tuple[str, Any]:
+    if "=" not in text:
+        raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r}")
+    key, value = text.split("=", 1)
+    try:
+        return key, json.loads(value)
+    except json.JSONDecodeError:
+        return key, value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="emreason eval",
+        description="Evaluate a model on math/code/SciCode benchmarks (pass@k, resumable). "
+        "Use `emreason eval report DIR [DIR...]` to compare finished runs.",
+    )
+    parser.add_argument("--task", required=True, help=f"comma-separated task names: {', '.join(TASK_NAMES)}")
+    parser.add_argument("--model", required=True, help="local checkpoint dir, hub id, or (vllm) server URL")
+    parser.add_argument("--backend", choices=("hf", "vllm"), default="hf")
+    parser.add_argument("--output", required=True, help="output folder (resumed when it exists)")
+    parser.add_argument(
+        "--em-inf", action="store_true", help="decode with EM-INF (entropy-minimizing logits)"
+    )
+    parser.add_argument(
+        "--em-inf-option",
+        action="append",
+        default=[],
+        type=_parse_option,
+        metavar="KEY=VALUE",
+        help="EMInfConfig override, e.g. steps=5 (repeatable)",
+    )
+    parser.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default)")
+    parser.add_argument("--top-p", type=float, default=1.0)
+    parser.add_argument("--n-samples", type=int, default=1, help="samples per problem (pass@k up to this)")
+    parser.add_argument("--limit", type=int, default=None, help="first N problems of each task")
+    parser.add_argument("--shard", default="0/1", help="I/N: this process handles every N-th problem")
+    parser.add_argument("--max-new-tokens", type=int, default=None, help="default: 4096 (toy: 64)")
+    parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--workers", type=int, default=2, help="grading processes / sandbox threads")
+    parser.add_argument("--data-path", default=None, help="benchmark file (only with a single task)")
+    parser.add_argument("--hub", action="store_true", help="load benchmarks from the Hugging Face hub")
+    parser.add_argument("--device", default=None, help="hf backend device (default: cuda if available)")
+    parser.add_argument("--dtype", default="auto", help="hf backend dtype: auto, bfloat16, float32...")
+    parser.add_argument("--served-model", default=None, help="model name on an OpenAI-compatible server")
+    parser.add_argument("--tensor-parallel-size", type=int, default=None, help="vllm offline option")
+    parser.add_argument("--scicode-h5", default=None, help="official SciCode test_data.h5 (test split)")
+    parser.add_argument("--lcb-trust-pickle", action="store_true", help="decode pickled LiveCodeBench tests")
+    parser.add_argument("--lcb-public-only", action="store_true", help="LiveCodeBench: public tests only")
+    parser.add_argument("--toy-size", type=int, default=200, help="number of held-out toy problems")
+    parser.add_argument("--quiet", action="store_true", help="no progress bars")
+    return parser
+
+
+def run_from_args(args: argparse.Namespace) -> int:
+    from emreason.evals.backends import GenerationConfig, make_backend
+    from emreason.evals.runner import parse_shard, run_eval
+    from emreason.evals.tasks import get_task
+
+    names = [n.strip() for n in args.task.split(",") if n.strip()]
+    unknown = [n for n in names if n not in TASK_NAMES]
+    if unknown:
+        raise ValueError(f"unknown task(s) {unknown}; known: {', '.join(TASK_NAMES)}")
+    if args.data_path and len(names) != 1:
+        raise ValueError("--data-path needs exactly one --task")
+    shard = parse_shard(args.shard)
+    task_options = {
+        "scicode_h5": args.scicode_h5,
+        "lcb_trust_pickle": args.lcb_trust_pickle,
+        "lcb_public_only": args.lcb_public_only,
+        "toy_size": args.toy_size,
+    }
+    max_new = args.max_new_tokens or max(get_task(n, **task_options).max_new_tokens for n in names)
+    config = GenerationConfig(
+        max_new_tokens=max_new,
+        temperature=args.temperature,
+        top_p=args.top_p,
+        seed=args.seed,
+        batch_size=args.batch_size,
+        em_inf=args.em_inf,
+        em_inf_options=dict(args.em_inf_option),
+    )
+    options: dict[str, Any] = {}
+    if args.backend == "hf":
+        options = {"device": args.device, "dtype": args.dtype}
+    elif args.model.startswith(("http://", "https://")):
+        options = {"served_model": args.served_model}
+    elif args.tensor_parallel_size:
+        options = {"tensor_parallel_size": args.tensor_parallel_size}
+    backend = make_backend(args.backend, args.model, config, **options)
+    run_config = {
+        "model": args.model,
+        "backend": args.backend,
+        "em_inf": args.em_inf,
+        "em_inf_options": dict(args.em_inf_option),
+        "temperature": args.temperature,
+        "top_p": args.top_p,
+        "max_new_tokens": max_new,
+        "seed": args.seed,
+        "n_samples": args.n_samples,
+    }
+    summary = run_eval(
+        names,
+        backend,
+        args.output,
+        task_options=task_options,
+        n_samples=args.n_samples,
+        limit=args.limit,
+        shard=shard,
+        data_path=args.data_path,
+        hub=args.hub,
+        workers=args.workers,
+        run_config=run_config,
+        progress=not args.quiet,
+    )
+    for name, metrics in summary["tasks"].items():
+        if name in names:
+            score = metrics["scores"].get("pass@1", {})
+            low, high = score.get("ci95", [float("nan")] * 2)
+            print(
+                f"{name}: pass@1 = {score.get('mean', float('nan')):.4f} [{low:.4f}, {high:.4f}] "
+                f"({metrics['n_problems_complete']}/{metrics['n_problems']} problems)"
+            )
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point for ``emreason eval``; ``argv`` excludes the word ``eval``."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] == "report":
+        from emreason.evals.report import main as report_main
+
+        return report_main(argv[1:])
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return run_from_args(args)
+    except (ValueError, FileNotFoundError) as exc:
+        parser.error(str(exc))
+    return 2
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,300 @@
+"""Final-model-only training data attribution (FiMO-DA) for regression MLPs.
+
+Wei et al., "Final-Model-Only Data Attribution with a Unifying View of Gradient-Based Methods"
+(NeurIPS 2025); IBM's ``fimoda`` repository is the reference for the protocol.
+
+Only the final trained model ``theta_f`` is available. The gold standard measures the sensitivity of the
+model to instance ``i`` by *further training*: starting from ``theta_f``, train with plain SGD on the full
+training set and, separately, on the set without ``i``, with the same shuffling order (the left-out
+instance is deleted from each epoch's permutation, the remaining order and batch boundaries follow as in a
+DataLoader). For each further-training epoch ``t`` and test instance ``z``
+
+    gold[t, i, z] = mean over seeds of  loss(z; theta_{-i}(t)) - loss(z; theta_full(t)),
+
+i.e. the leave-one-out effect after subtracting the full-data further-training effect. Positive values
+mean that ``i`` helps ``z``. All runs of one seed (full + every left-out instance) are trained together
+with ``torch.func.vmap`` (float32, as ``dattri`` requires; the effects are ~1e-3 of the loss, far above
+float32 rounding).
+
+Gradient-based approximations of the gold standard come from the ``dattri`` library (Grad-Dot, Grad-Cos,
+influence functions with an explicit Hessian, CG and LiSSA inverse-Hessian products, DataInf, TRAK); they
+use the final model only. Their sign convention matches the gold standard (positive = helpful).
+
+Deviations: the explicit-Hessian influence function is restricted to the last linear layer (the full
+Hessian of the 2 x 128 MLP has 3e8 entries); TRAK's output-to-loss weights ``Q`` are set to 1, its
+regression form, because ``dattri``'s ``1 - p(correct)`` weighting is defined for classification.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+from scipy.stats import spearmanr
+from torch import nn
+from torch.func import functional_call, grad, vmap
+from torch.utils.data import DataLoader, TensorDataset
+from tqdm import tqdm
+
+__all__ = [
+    "make_mlp",
+    "train_final_model",
+    "FurtherTrainingGoldStandard",
+    "ATTRIBUTION_METHODS",
+    "attribution_scores",
+    "agreement",
+]
+
+ATTRIBUTION_METHODS = ("grad_dot", "grad_cos", "if_explicit", "if_cg", "if_lissa", "datainf", "trak")
+
+
+def _as_tensor(name: str, value, ndim: int) -> torch.Tensor:
+    tensor = torch.as_tensor(np.asarray(value), dtype=torch.float32)
+    if tensor.ndim != ndim:
+        raise ValueError(f"{name} must be {ndim}-D, got shape {tuple(tensor.shape)}")
+    if not torch.isfinite(tensor).all():
+        raise ValueError(f"{name} contains non-finite values")
+    return tensor
+
+
+def make_mlp(n_features: int, hidden: int = 128, depth: int = 2, seed: int = 0) -> nn.Sequential:
+    """Float32 MLP ``n_features -> hidden (x depth, ReLU) -> 1``; maps ``(B, n_features)`` to ``(B, 1)``."""
+    if n_features < 1 or hidden < 1 or depth < 1:
+        raise ValueError(f"n_features, hidden, depth must be >= 1, got {n_features}, {hidden}, {depth}")
+    torch.manual_seed(seed)
+    layers: list[nn.Module] = []
+    width = n_features
+    for _ in range(depth):
+        layers += [nn.Linear(width, hidden), nn.ReLU()]
+        width = hidden
+    layers.append(nn.Linear(width, 1))
+    return nn.Sequential(*layers).float()
+
+
+def _predict(model: nn.Module, params: dict, x: torch.Tensor) -> torch.Tensor:
+    return functional_call(model, params, (x.reshape(-1, x.shape[-1]),)).reshape(-1)
+
+
+def train_final_model(
+    model: nn.Module, x, y, epochs: int = 1000, lr: float = 3e-2, batch_size: int = 128, seed: int = 0
+) -> nn.Module:
+    """Train ``model`` in place with mini-batch SGD on the mean squared error; returns it."""
+    x, y = _as_tensor("x", x, 2), _as_tensor("y", y, 1)
+    if x.shape[0] != y.shape[0]:
+        raise ValueError(f"x and y disagree on the number of samples: {x.shape[0]} vs {y.shape[0]}")
+    optimizer = torch.optim.SGD(model.parameters(), lr=lr)
+    generator = torch.Generator().manual_seed(seed)
+    for _ in range(epochs):
+        perm = torch.randperm(x.shape[0], generator=generator)
+        for start in range(0, x.shape[0], batch_size):
+            idx = perm[start : start + batch_size]
+            loss = ((model(x[idx]).reshape(-1) - y[idx]) ** 2).mean()
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+    return model
+
+
+class FurtherTrainingGoldStandard:
+    """Leave-one-out further-training gold standard (see module docstring).
+
+    Parameters
+    ----------
+    checkpoints: further-training epochs at which the effect is recorded (increasing, >= 1).
+    n_seeds: number of shuffling orders averaged.
+    lr, batch_size: SGD settings of further training (fimoda: 3e-2, 128).
+    random_state: base seed of the shuffling orders.
+
+    Attributes after ``fit``
+    ------------------------
+    gold_: array ``(len(checkpoints), n_leave_out, n_test)``, mean effect of removing each instance.
+    gold_se_: same shape, standard error over seeds.
+    full_test_loss_: ``(len(checkpoints), n_test)``, mean full-data test loss (to check stability).
+    """
+
+    def __init__(
+        self,
+        checkpoints: Sequence[int] = (1, 10, 100),
+        n_seeds: int = 10,
+        lr: float = 3e-2,
+        batch_size: int = 128,
+        random_state: int = 0,
+    ):
+        checkpoints = [int(c) for c in checkpoints]
+        if not checkpoints or checkpoints[0] < 1 or any(b <= a for a, b in zip(checkpoints, checkpoints[1:])):
+            raise ValueError(f"checkpoints must be strictly increasing epochs >= 1, got {checkpoints}")
+        if n_seeds < 1 or batch_size < 1 or not lr > 0:
+            raise ValueError(f"need n_seeds >= 1, batch_size >= 1, lr > 0; got {n_seeds}, {batch_size}, {lr}")
+        self.checkpoints, self.n_seeds, self.lr = checkpoints, int(n_seeds), float(lr)
+        self.batch_size, self.random_state = int(batch_size), random_state
+
+    def _orders(self, perm: np.ndarray, leave_out: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Row 0: the full permutation; row 1 + j: the permutation without ``leave_out[j]``, padded at the
+        end. Returns indices and a 0/1 mask, both ``(1 + L, n)``."""
+        rows = np.vstack([perm[None, :], np.tile(perm, (leave_out.size, 1))])
+        keep = np.ones_like(rows, dtype=bool)
+        keep[1:] = rows[1:] != leave_out[:, None]
+        order = np.argsort(~keep, axis=1, kind="stable")  # kept entries first, original order preserved
+        return np.take_along_axis(rows, order, 1), np.take_along_axis(keep, order, 1)
+
+    def fit(
+        self, model: nn.Module, x_train, y_train, x_test, y_test, leave_out
+    ) -> FurtherTrainingGoldStandard:
+        """Run the further-training experiments from the (final) ``model``; the model is not modified."""
+        x_train, y_train = _as_tensor("x_train", x_train, 2), _as_tensor("y_train", y_train, 1)
+        x_test, y_test = _as_tensor("x_test", x_test, 2), _as_tensor("y_test", y_test, 1)
+        n = x_train.shape[0]
+        if y_train.shape[0] != n or y_test.shape[0] != x_test.shape[0]:
+            raise ValueError("x and y of the train or test split disagree on the number of samples")
+        leave_out = np.asarray(leave_out, dtype=np.int64)
+        if leave_out.ndim != 1 or leave_out.size == 0 or leave_out.min() < 0 or leave_out.max() >= n:
+            raise ValueError(f"leave_out must be a non-empty 1-D array of indices in [0, {n})")
+        if np.unique(leave_out).size != leave_out.size:
+            raise ValueError("leave_out contains duplicate indices")
+        n_runs = 1 + leave_out.size
+        base = {k: v.detach().to(torch.float32) for k, v in model.named_parameters()}
+
+        def batch_loss(params, xb, yb, mb):
+            residual = _predict(model, params, xb) - yb
+            # clamp: a left-out run's last batch can be empty, and then its step must be zero
+            return (mb * residual**2).sum() / mb.sum().clamp_min(1.0)
+
+        per_run_grad = vmap(grad(batch_loss))
+        per_run_test = vmap(lambda p: (_predict(model, p, x_test) - y_test) ** 2)
+
+        effects = np.zeros((self.n_seeds, len(self.checkpoints), leave_out.size, x_test.shape[0]))
+        full_loss = np.zeros((self.n_seeds, len(self.checkpoints), x_test.shape[0]))
+        for s in tqdm(range(self.n_seeds), desc="further-training seeds", leave=False):
+            rng = np.random.default_rng([self.random_state, s])
+            params = {k: v.unsqueeze(0).repeat(n_runs, *([1] * v.ndim)).clone() for k, v in base.items()}
+            epoch = 0
+            for c, checkpoint in enumerate(self.checkpoints):
+                while epoch < checkpoint:
+                    idx, mask = self._orders(rng.permutation(n), leave_out)
+                    idx_t, mask_t = torch.from_numpy(idx), torch.from_numpy(mask).to(torch.float32)
+                    for start in range(0, n, self.batch_size):
+                        cols = slice(start, start + self.batch_size)
+                        batch_idx, batch_mask = idx_t[:, cols], mask_t[:, cols]
+                        grads = per_run_grad(params, x_train[batch_idx], y_train[batch_idx], batch_mask)
+                        params = {k: params[k] - self.lr * grads[k] for k in params}
+                    epoch += 1
+                with torch.no_grad():
+                    losses = per_run_test(params).numpy()  # (n_runs, n_test)
+                full_loss[s, c] = losses[0]
+                effects[s, c] = losses[1:] - losses[0]
+        self.gold_ = effects.mean(axis=0)
+        self.gold_se_ = effects.std(axis=0, ddof=1) / np.sqrt(self.n_seeds) if self.n_seeds > 1 else None
+        self.full_test_loss_ = full_loss.mean(axis=0)
+        self.leave_out_ = leave_out
+        return self
+
+
+def _dattri_task(model: nn.Module):
+    from dattri.task import AttributionTask
+
+    def loss_func(params, data):
+        x, y = data
+        return ((_predict(model, params, x) - y.reshape(-1)) ** 2).mean()
+
+    checkpoint = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    return AttributionTask(loss_func=loss_func, model=model, checkpoints=checkpoint)
+
+
+def attribution_scores(
+    method: str,
+    model: nn.Module,
+    x_train,
+    y_train,
+    x_test,
+    y_test,
+    leave_out,
+    damping: float = 1e-3,
+    cg_iterations: int = 50,
+    lissa_depth: int = 500,
+    lissa_scaling: float = 50.0,
+    lissa_batch: int = 32,
+    trak_dim: int = 512,
+) -> np.ndarray:
+    """Scores ``(n_leave_out, n_test)`` of one ``dattri`` method on the final ``model``.
+
+    ``method`` is one of ``ATTRIBUTION_METHODS``. ``damping`` is added to the Hessian / Fisher (``lambda I``)
+    of the inverse-Hessian methods and to TRAK's kernel. Scores of the influence methods approximate
+    ``g_test^T H^{-1} g_i`` (positive = helpful); ``grad_cos`` is the cosine of the two gradients.
+    """
+    if method not in ATTRIBUTION_METHODS:
+        raise ValueError(f"unknown method {method!r}; choose one of {ATTRIBUTION_METHODS}")
+    from dattri.algorithm.influence_function import (
+        IFAttributorCG,
+        IFAttributorDataInf,
+        IFAttributorExplicit,
+        IFAttributorLiSSA,
+    )
+    from dattri.algorithm.tracin import TracInAttributor
+    from dattri.algorithm.trak import TRAKAttributor
+
+    x_train, y_train = _as_tensor("x_train", x_train, 2), _as_tensor("y_train", y_train, 1)
+    x_test, y_test = _as_tensor("x_test", x_test, 2), _as_tensor("y_test", y_test, 1)
+    leave_out = torch.as_tensor(np.asarray(leave_out, dtype=np.int64))
+    task = _dattri_task(model)
+    n_train = x_train.shape[0]
+    full_loader = DataLoader(TensorDataset(x_train, y_train), batch_size=n_train, shuffle=False)
+    subset_loader = DataLoader(
+        TensorDataset(x_train[leave_out], y_train[leave_out]), batch_size=len(leave_out), shuffle=False
+    )
+    test_loader = DataLoader(TensorDataset(x_test, y_test), batch_size=x_test.shape[0], shuffle=False)
+    last_layer = [name for name, _ in model.named_parameters()][-2:]
+
+    if method in ("grad_dot", "grad_cos"):
+        # A single final checkpoint with unit weight turns TracIn into Grad-Dot / Grad-Cos.
+        attributor = TracInAttributor(
+            task=task,
+            weight_list=torch.ones(1, dtype=torch.float32),
+            normalized_grad=method == "grad_cos",
+            projector_kwargs=None,
+        )
+        attributor.projector_kwargs = None  # no random projection: exact gradients
+        return attributor.attribute(subset_loader, test_loader).detach().numpy()
+    if method == "if_explicit":
+        attributor = IFAttributorExplicit(task=task, layer_name=last_layer, regularization=damping)
+    elif method == "if_cg":
+        attributor = IFAttributorCG(task=task, max_iter=cg_iterations, regularization=damping)
+    elif method == "if_lissa":
+        attributor = IFAttributorLiSSA(
+            task=task,
+            recursion_depth=lissa_depth,
+            damping=damping,
+            scaling=lissa_scaling,
+            batch_size=lissa_batch,
+        )
+    elif method == "datainf":
+        attributor = IFAttributorDataInf(task=task, regularization=damping)
+    else:
+        attributor = TRAKAttributor(
+            task=task,
+            correct_probability_func=lambda params, data: torch.zeros((), dtype=torch.float32),
+            projector_kwargs={
+                "proj_dim": trak_dim,
+                "proj_max_batch_size": 32,
+                "proj_seed": 0,
+                "device": "cpu",
+            },
+            regularization=damping,
+        )
+        attributor.cache(full_loader)
+        # TRAK scores the cached training set; keep the rows of the left-out instances.
+        return attributor.attribute(test_loader).detach().numpy()[leave_out.numpy()]
+    attributor.cache(full_loader)
+    return attributor.attribute(subset_loader, test_loader).detach().numpy()
+
+
+def agreement(scores: np.ndarray, gold: np.ndarray) -> dict[str, float]:
+    """Agreement of ``scores`` with ``gold`` (both ``(n_leave_out, n_test)``): per test instance, the cosine
+    similarity and Spearman correlation across left-out instances, averaged over test instances."""
+    scores, gold = np.asarray(scores, dtype=np.float64), np.asarray(gold, dtype=np.float64)
+    if scores.shape != gold.shape or scores.ndim != 2:
+        raise ValueError(f"scores and gold must be 2-D of equal shape, got {scores.shape}, {gold.shape}")
+    norms = np.linalg.norm(scores, axis=0) * np.linalg.norm(gold, axis=0)
+    cosine = np.sum(scores * gold, axis=0) / np.where(norms > 0, norms, np.nan)
+    rho = [spearmanr(scores[:, j], gold[:, j]).statistic for j in range(gold.shape[1])]
+    return {"cosine": float(np.nanmean(cosine)), "spearman": float(np.nanmean(rho))}

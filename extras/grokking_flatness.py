@@ -1,0 +1,236 @@
+"""Relative flatness vs neural collapse along grokking on modular addition.
+
+Han, Adilova, Petzka, Kleesiek, Kamp, "Flatness is Necessary, Neural Collapse is Not: Rethinking
+Generalization via Grokking" (NeurIPS 2025).
+
+Model: a one-hidden-layer MLP on learned token embeddings, ``(a, b) -> phi = relu(W1 [E_a; E_b] + b1)``
+(penultimate features, ``h``-dimensional) ``-> logits = W phi`` (``W``: ``p x h``, no bias), trained
+full-batch with AdamW on softmax cross-entropy for ``(a + b) mod p``. (The paper also uses a 2-layer
+transformer; the MLP is our CPU-scale choice.)
+
+Metrics, all on the training split:
+
+* relative flatness of the last layer (Petzka et al.): ``kappa = sum_{s,s'} <w_s, w_s'> Tr(H_{s,s'})`` with
+  ``H`` the Hessian of the mean loss with respect to ``W``. For softmax cross-entropy
+  ``H_{s,s'} = mean_x (diag p - p p^T)_{s s'} phi phi^T``, hence
+  ``kappa = mean_x ||phi||^2 Tr(W W^T (diag p - p p^T))``;
+* the upper bound ``||W||_F^2 * mean_x ||phi||^2 sum_k p_k (1 - p_k)`` that the authors compute
+  (it bounds kappa because the eigenvalues of ``diag p - p p^T`` are at most ``sum_k p_k (1 - p_k)``);
+* neural-collapse metric: mean over class pairs ``(c, c')`` of ``(V_c + V_c') / (2 ||mu_c - mu_c'||^2)`` where
+  ``mu_c`` is the class mean of ``phi`` and ``V_c`` the mean squared distance of a class's features to
+  ``mu_c``. Small = collapsed. Classes with fewer than two training samples are skipped.
+
+Regularisers: ``loss - lambda * NC`` (anti-collapse: rewards spread-out classes) and
+``loss - lambda * kappa`` (anti-flatness: rewards sharp minima), the latter switched off after
+``regularizer_until`` steps. ``reg_form="log"`` uses ``log(NC)`` / ``log(kappa)`` instead (our addition: both
+metrics are unbounded, and with AdamW the linear form lets the regulariser take over once the training loss
+is small, which can kill the ReLU features).
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+from tqdm import tqdm
+
+__all__ = [
+    "modular_addition_split",
+    "ModularMLP",
+    "relative_flatness",
+    "flatness_upper_bound",
+    "collapse_metric",
+    "GrokkingConfig",
+    "train_grokking",
+]
+
+
+def modular_addition_split(p: int, train_fraction: float, seed: int = 0):
+    """All pairs ``(a, b)`` in ``Z_p^2`` with labels ``(a + b) mod p``, split at random.
+
+    Returns ``(x_train, y_train, x_val, y_val)``: long tensors of shapes ``(n, 2)`` and ``(n,)``.
+    """
+    if not isinstance(p, int) or p < 3:
+        raise ValueError(f"p must be an integer >= 3, got {p!r}")
+    if not (0.0 < train_fraction < 1.0):
+        raise ValueError(f"train_fraction must lie in (0, 1), got {train_fraction!r}")
+    a, b = torch.meshgrid(torch.arange(p), torch.arange(p), indexing="ij")
+    x = torch.stack([a.reshape(-1), b.reshape(-1)], dim=1)
+    y = (x[:, 0] + x[:, 1]) % p
+    perm = torch.randperm(p * p, generator=torch.Generator().manual_seed(seed))
+    n_train = int(round(train_fraction * p * p))
+    train, val = perm[:n_train], perm[n_train:]
+    return x[train], y[train], x[val], y[val]
+
+
+class ModularMLP(nn.Module):
+    """``(n, 2)`` token pairs -> ``(n, p)`` logits; ``features`` gives the penultimate ``(n, hidden)``."""
+
+    def __init__(self, p: int, embed_dim: int = 128, hidden: int = 128, seed: int = 0):
+        super().__init__()
+        torch.manual_seed(seed)
+        self.embed = nn.Embedding(p, embed_dim)
+        self.hidden = nn.Linear(2 * embed_dim, hidden)
+        self.head = nn.Linear(hidden, p, bias=False)
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        return F.relu(self.hidden(self.embed(x).flatten(1)))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.features(x))
+
+
+def _check_features(features: torch.Tensor, weight: torch.Tensor) -> None:
+    if features.ndim != 2 or weight.ndim != 2 or weight.shape[1] != features.shape[1]:
+        raise ValueError(
+            f"need features (n, h) and weight (classes, h), got {tuple(features.shape)} and "
+            f"{tuple(weight.shape)}"
+        )
+
+
+def relative_flatness(features: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """Last-layer relative flatness ``mean ||phi||^2 Tr(W W^T (diag p - p p^T))`` (differentiable).
+
+    features: ``(n, h)``; weight: ``(classes, h)``. Returns a scalar tensor.
+    """
+    _check_features(features, weight)
+    probs = torch.softmax(features @ weight.T, dim=1)  # (n, C)
+    gram = weight @ weight.T  # (C, C)
+    # Tr(G (diag p - p p^T)) = sum_s G_ss p_s - p^T G p, per sample
+    trace = probs @ torch.diagonal(gram) - torch.einsum("ns,st,nt->n", probs, gram, probs)
+    return (features.pow(2).sum(1) * trace).mean()
+
+
+def flatness_upper_bound(features: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """``||W||_F^2 * mean_x ||phi||^2 sum_k p_k (1 - p_k)``; shapes as in :func:`relative_flatness`."""
+    _check_features(features, weight)
+    probs = torch.softmax(features @ weight.T, dim=1)
+    spread = (probs * (1 - probs)).sum(1)
+    return weight.pow(2).sum() * (features.pow(2).sum(1) * spread).mean()
+
+
+def collapse_metric(features: torch.Tensor, labels: torch.Tensor, n_classes: int) -> torch.Tensor:
+    """Mean over class pairs of ``(V_c + V_c') / (2 ||mu_c - mu_c'||^2)`` (differentiable).
+
+    features: ``(n, h)``; labels: ``(n,)`` in ``[0, n_classes)``. Classes with < 2 samples are skipped.
+    """
+    if features.ndim != 2 or labels.shape != (features.shape[0],):
+        raise ValueError(
+            f"need features (n, h) and labels (n,), got {tuple(features.shape)}, {tuple(labels.shape)}"
+        )
+    if labels.min() < 0 or labels.max() >= n_classes:
+        raise ValueError(f"labels must lie in [0, {n_classes})")
+    counts = torch.bincount(labels, minlength=n_classes).to(features.dtype)
+    sums = torch.zeros(n_classes, features.shape[1], dtype=features.dtype).index_add_(0, labels, features)
+    present = counts >= 2
+    means = sums[present] / counts[present, None]
+    all_means = sums / counts.clamp_min(1.0)[:, None]
+    # squared distances to the own class mean (not E||phi||^2 - ||mu||^2, which cancels catastrophically)
+    sq = torch.zeros(n_classes, dtype=features.dtype).index_add_(
+        0, labels, (features - all_means[labels]).pow(2).sum(1)
+    )
+    variances = sq[present] / counts[present]
+    if means.shape[0] < 2:
+        raise ValueError("collapse_metric needs at least two classes with >= 2 samples")
+    dist = torch.cdist(means, means).pow(2)
+    rows, cols = torch.triu_indices(means.shape[0], means.shape[0], offset=1)
+    ratio = (variances[rows] + variances[cols]) / (2 * dist[rows, cols].clamp_min(1e-12))
+    return ratio.mean()
+
+
+@dataclass
+class GrokkingConfig:
+    """One grokking run. ``regularizer``: ``None``, ``"anti_collapse"`` or ``"anti_flatness"``."""
+
+    p: int = 59
+    train_fraction: float = 0.4
+    embed_dim: int = 128
+    hidden: int = 128
+    lr: float = 1e-3
+    weight_decay: float = 1.0
+    steps: int = 3000
+    log_every: int = 50
+    regularizer: str | None = None
+    reg_strength: float = 0.0
+    regularizer_until: int | None = None
+    reg_form: str = "linear"
+    seed: int = 0
+
+    def __post_init__(self):
+        if self.regularizer not in (None, "anti_collapse", "anti_flatness"):
+            raise ValueError(
+                f"regularizer must be None, 'anti_collapse' or 'anti_flatness', got {self.regularizer!r}"
+            )
+        if self.reg_form not in ("linear", "log"):
+            raise ValueError(f"reg_form must be 'linear' or 'log', got {self.reg_form!r}")
+        if self.steps < 1 or self.log_every < 1:
+            raise ValueError(f"steps and log_every must be >= 1, got {self.steps}, {self.log_every}")
+        if self.reg_strength < 0:
+            raise ValueError(f"reg_strength must be >= 0, got {self.reg_strength}")
+
+
+def train_grokking(config: GrokkingConfig, progress: bool = False) -> dict:
+    """Train one model; returns the config and logged curves (step, accuracies, losses, metrics)."""
+    x_tr, y_tr, x_va, y_va = modular_addition_split(config.p, config.train_fraction, config.seed)
+    model = ModularMLP(config.p, config.embed_dim, config.hidden, config.seed)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    until = config.steps if config.regularizer_until is None else config.regularizer_until
+    log: dict[str, list] = {
+        k: []
+        for k in (
+            "step",
+            "train_acc",
+            "val_acc",
+            "train_loss",
+            "val_loss",
+            "flatness",
+            "flatness_bound",
+            "collapse",
+        )
+    }
+    steps = tqdm(range(config.steps + 1), desc="grokking", disable=not progress, leave=False)
+    for step in steps:
+        feats = model.features(x_tr)
+        logits = feats @ model.head.weight.T
+        loss = F.cross_entropy(logits, y_tr)
+        if step % config.log_every == 0 or step == config.steps:
+            with torch.no_grad():
+                val_logits = model(x_va)
+                log["step"].append(step)
+                log["train_acc"].append(float((logits.argmax(1) == y_tr).float().mean()))
+                log["val_acc"].append(float((val_logits.argmax(1) == y_va).float().mean()))
+                log["train_loss"].append(float(loss))
+                log["val_loss"].append(float(F.cross_entropy(val_logits, y_va)))
+                log["flatness"].append(float(relative_flatness(feats, model.head.weight)))
+                log["flatness_bound"].append(float(flatness_upper_bound(feats, model.head.weight)))
+                log["collapse"].append(float(collapse_metric(feats, y_tr, config.p)))
+        if step == config.steps:
+            break
+        objective = loss
+        if config.regularizer is not None and step < until and config.reg_strength > 0:
+            if config.regularizer == "anti_collapse":
+                metric = collapse_metric(feats, y_tr, config.p)
+            else:
+                metric = relative_flatness(feats, model.head.weight)
+            if config.reg_form == "log":
+                metric = torch.log(metric.clamp_min(1e-12))
+            objective = loss - config.reg_strength * metric
+        optimizer.zero_grad()
+        objective.backward()
+        optimizer.step()
+    return {"config": asdict(config), **log}
+
+
+def first_step_reaching(log: dict, key: str, threshold: float) -> int | None:
+    """First logged step at which ``log[key] >= threshold`` (``None`` if never)."""
+    for step, value in zip(log["step"], log[key]):
+        if value >= threshold:
+            return int(step)
+    return None
+
+
+def as_numpy(log: dict, key: str) -> np.ndarray:
+    return np.asarray(log[key], dtype=np.float64)

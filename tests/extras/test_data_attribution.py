@@ -1,0 +1,135 @@
+"""Tests for emreason.extras.data_attribution (tiny models; dattri wrappers checked against autograd)."""
+
+import warnings
+
+import numpy as np
+import pytest
+import torch
+from emreason.extras.data_attribution import (
+    FurtherTrainingGoldStandard,
+    agreement,
+    attribution_scores,
+    make_mlp,
+    train_final_model,
+)
+
+warnings.filterwarnings("ignore", message=".*full training data loader.*")
+
+
+@pytest.fixture(scope="module")
+def problem():
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((40, 4)).astype(np.float32)
+    y = (x @ np.array([1.0, -0.5, 0.3, 0.0]) + 0.2 * np.sin(3 * x[:, 0])).astype(np.float32)
+    x_test = rng.standard_normal((6, 4)).astype(np.float32)
+    y_test = (x_test @ np.array([1.0, -0.5, 0.3, 0.0])).astype(np.float32)
+    model = train_final_model(make_mlp(4, hidden=8, seed=1), x, y, epochs=60, lr=3e-2, batch_size=16)
+    return model, x, y, x_test, y_test, np.array([0, 7, 13, 39])
+
+
+def _reference_run(model, x, y, x_test, y_test, order_per_epoch, lr, batch_size):
+    """Plain per-run SGD with a DataLoader-like chunking of a given order (independent of the vmap code)."""
+    clone = make_mlp(4, hidden=8)
+    clone.load_state_dict(model.state_dict())
+    opt = torch.optim.SGD(clone.parameters(), lr=lr)
+    xt, yt = torch.tensor(x), torch.tensor(y)
+    for order in order_per_epoch:
+        for start in range(0, len(order), batch_size):
+            idx = torch.tensor(order[start : start + batch_size])
+            loss = ((clone(xt[idx]).reshape(-1) - yt[idx]) ** 2).mean()
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+    with torch.no_grad():
+        return ((clone(torch.tensor(x_test)).reshape(-1) - torch.tensor(y_test)) ** 2).numpy()
+
+
+def test_gold_standard_matches_loop_reference(problem):
+    model, x, y, x_test, y_test, leave_out = problem
+    gs = FurtherTrainingGoldStandard(checkpoints=(1, 3), n_seeds=1, lr=3e-2, batch_size=16, random_state=5)
+    gs.fit(model, x, y, x_test, y_test, leave_out)
+    rng = np.random.default_rng([5, 0])
+    perms = [rng.permutation(len(x)) for _ in range(3)]
+    for c, epochs in enumerate((1, 3)):
+        full = _reference_run(model, x, y, x_test, y_test, perms[:epochs], 3e-2, 16)
+        for j, i in enumerate(leave_out):
+            loo = _reference_run(model, x, y, x_test, y_test, [p[p != i] for p in perms[:epochs]], 3e-2, 16)
+            np.testing.assert_allclose(gs.gold_[c, j], loo - full, atol=2e-6)
+        np.testing.assert_allclose(gs.full_test_loss_[c], full, rtol=1e-5)
+
+
+def test_removal_order_keeps_the_permutation():
+    gs = FurtherTrainingGoldStandard()
+    perm = np.array([4, 2, 0, 3, 1])
+    idx, mask = gs._orders(perm, np.array([0, 1]))
+    np.testing.assert_array_equal(idx[0], perm)
+    np.testing.assert_array_equal(idx[1][mask[1]], [4, 2, 3, 1])
+    np.testing.assert_array_equal(idx[2][mask[2]], [4, 2, 0, 3])
+    assert mask[0].all() and mask[1:].sum(1).tolist() == [4, 4]
+
+
+def _per_sample_grads(model, x, y, params=None):
+    names = [n for n, _ in model.named_parameters()] if params is None else params
+    out = []
+    for xi, yi in zip(torch.tensor(x), torch.tensor(y)):
+        model.zero_grad()
+        ((model(xi[None]).reshape(-1) - yi) ** 2).sum().backward()
+        out.append(torch.cat([p.grad.reshape(-1) for n, p in model.named_parameters() if n in names]))
+    return torch.stack(out)
+
+
+def test_grad_dot_and_grad_cos_match_autograd(problem):
+    model, x, y, x_test, y_test, leave_out = problem
+    g_train = _per_sample_grads(model, x[leave_out], y[leave_out])
+    g_test = _per_sample_grads(model, x_test, y_test)
+    dot = attribution_scores("grad_dot", model, x, y, x_test, y_test, leave_out)
+    np.testing.assert_allclose(dot, (g_train @ g_test.T).numpy(), rtol=1e-4, atol=1e-5)
+    cos = attribution_scores("grad_cos", model, x, y, x_test, y_test, leave_out)
+    normed = (g_train / g_train.norm(dim=1, keepdim=True)) @ (g_test / g_test.norm(dim=1, keepdim=True)).T
+    np.testing.assert_allclose(cos, normed.numpy(), atol=1e-5)
+
+
+def test_explicit_influence_matches_last_layer_hessian(problem):
+    model, x, y, x_test, y_test, leave_out = problem
+    names = [n for n, _ in model.named_parameters()][-2:]
+    last = model[-1]
+    feats = model[:-1](torch.tensor(x)).detach().double()
+    design = torch.cat([feats, torch.ones(len(x), 1, dtype=torch.float64)], 1)
+    # Hessian of the mean squared error w.r.t. (weight, bias) of a linear head: 2 Z^T Z / n
+    hessian = 2 * design.T @ design / len(x) + 1e-3 * torch.eye(design.shape[1], dtype=torch.float64)
+    g_train = _per_sample_grads(model, x[leave_out], y[leave_out], names).double()
+    g_test = _per_sample_grads(model, x_test, y_test, names).double()
+    expected = g_train @ torch.linalg.solve(hessian, g_test.T)
+    scores = attribution_scores("if_explicit", model, x, y, x_test, y_test, leave_out, damping=1e-3)
+    assert last.weight.numel() + last.bias.numel() == design.shape[1]
+    np.testing.assert_allclose(scores, expected.numpy(), rtol=2e-3, atol=1e-3 * expected.abs().max().item())
+
+
+@pytest.mark.parametrize("method", ["if_cg", "if_lissa", "datainf", "trak"])
+def test_other_methods_run_and_return_finite_scores(problem, method):
+    model, x, y, x_test, y_test, leave_out = problem
+    scores = attribution_scores(method, model, x, y, x_test, y_test, leave_out, lissa_depth=50, trak_dim=16)
+    assert scores.shape == (len(leave_out), len(x_test))
+    assert np.all(np.isfinite(scores)) and np.abs(scores).max() > 0
+
+
+def test_agreement_cosine_and_spearman():
+    rng = np.random.default_rng(1)
+    gold = rng.standard_normal((10, 3))
+    same = agreement(2 * gold, gold)
+    assert same["cosine"] == pytest.approx(1.0) and same["spearman"] == pytest.approx(1.0)
+    assert agreement(-gold, gold)["cosine"] == pytest.approx(-1.0)
+    with pytest.raises(ValueError, match="equal shape"):
+        agreement(gold[:5], gold)
+
+
+def test_bad_inputs_raise(problem):
+    model, x, y, x_test, y_test, _ = problem
+    with pytest.raises(ValueError, match="checkpoints"):
+        FurtherTrainingGoldStandard(checkpoints=(3, 1))
+    with pytest.raises(ValueError, match="leave_out"):
+        FurtherTrainingGoldStandard(n_seeds=1).fit(model, x, y, x_test, y_test, [0, 400])
+    with pytest.raises(ValueError, match="unknown method"):
+        attribution_scores("tracin", model, x, y, x_test, y_test, [0])
+    with pytest.raises(ValueError, match="2-D"):
+        train_final_model(model, x[:, 0], y)

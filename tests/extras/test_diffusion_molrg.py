@@ -1,0 +1,115 @@
+"""Tests for emreason.extras.diffusion_molrg against independent float64 computations."""
+
+import numpy as np
+import pytest
+from emreason.extras.diffusion_molrg import (
+    EmpiricalDenoiser,
+    MoLRG,
+    representation_curve,
+    subspace_snr,
+)
+from scipy.stats import multivariate_normal
+
+
+def _class_covariances(model: MoLRG) -> list[np.ndarray]:
+    eye = np.eye(model.n_dim)
+    covs = []
+    for basis in model.bases_:
+        proj = basis @ basis.T
+        covs.append(proj + model.delta**2 * (eye - proj))
+    return covs
+
+
+def test_bases_are_orthonormal_and_mutually_orthogonal():
+    model = MoLRG(n_dim=20, n_classes=3, subspace_dim=4, random_state=1)
+    stacked = np.concatenate(list(model.bases_), axis=1)
+    np.testing.assert_allclose(stacked.T @ stacked, np.eye(12), atol=1e-12)
+
+
+def test_sample_covariance_matches_model():
+    model = MoLRG(n_dim=10, n_classes=2, subspace_dim=3, delta=0.3, random_state=2)
+    x, y = model.sample(40_000, np.random.default_rng(0))
+    for k, cov in enumerate(_class_covariances(model)):
+        empirical = np.cov(x[y == k].T)
+        np.testing.assert_allclose(empirical, cov, atol=0.04)
+
+
+@pytest.mark.parametrize("sigma", [0.05, 0.4, 2.0])
+def test_posterior_mean_matches_generic_gaussian_mixture(sigma):
+    model = MoLRG(n_dim=12, n_classes=3, subspace_dim=3, delta=0.25, random_state=3)
+    rng = np.random.default_rng(1)
+    x0, _ = model.sample(20, rng)
+    x = x0 + sigma * rng.standard_normal(x0.shape)
+    covs = _class_covariances(model)
+    noisy_covs = [c + sigma**2 * np.eye(model.n_dim) for c in covs]
+    log_lik = np.stack([multivariate_normal(np.zeros(model.n_dim), c).logpdf(x) for c in noisy_covs], 1)
+    weights = np.exp(log_lik - log_lik.max(1, keepdims=True))
+    weights /= weights.sum(1, keepdims=True)
+    cond_means = np.stack([x @ np.linalg.solve(nc, c).T for c, nc in zip(covs, noisy_covs)], 1)
+    expected = np.einsum("bk,bkn->bn", weights, cond_means)
+    np.testing.assert_allclose(model.class_posterior(x, sigma), weights, atol=1e-10)
+    np.testing.assert_allclose(model.posterior_mean(x, sigma), expected, atol=1e-10)
+
+
+def test_empirical_denoiser_matches_direct_softmax_and_snaps_at_small_noise():
+    rng = np.random.default_rng(4)
+    points = rng.standard_normal((5, 6))
+    x = rng.standard_normal((7, 6))
+    sigma = 0.8
+    weights = np.array([[np.exp(-np.sum((xi - p) ** 2) / (2 * sigma**2)) for p in points] for xi in x])
+    weights /= weights.sum(1, keepdims=True)
+    den = EmpiricalDenoiser(points)
+    np.testing.assert_allclose(den.posterior_mean(x, sigma), weights @ points, atol=1e-12)
+    nearest = points[np.argmin(((x[:, None] - points[None]) ** 2).sum(-1), axis=1)]
+    np.testing.assert_allclose(den.posterior_mean(x, 1e-3), nearest, atol=1e-9)
+
+
+def test_snr_of_clean_data_matches_closed_form():
+    model = MoLRG(n_dim=30, n_classes=3, subspace_dim=5, delta=0.3, random_state=5)
+    x0, y = model.sample(20_000, np.random.default_rng(2))
+    # own-subspace energy d, other subspaces (K-1) d delta^2
+    expected = 1.0 / ((model.n_classes - 1) * model.delta**2)
+    assert subspace_snr(x0, y, model.bases_) == pytest.approx(expected, rel=0.04)
+
+
+def test_true_denoiser_snr_is_unimodal_and_memorizer_is_not():
+    model = MoLRG(n_dim=48, n_classes=3, subspace_dim=8, delta=0.2, random_state=0)
+    sigmas = np.geomspace(0.03, 10.0, 10)
+    true_curve = np.array(representation_curve(model, model, sigmas, n_eval=600, with_probe=False)["snr"])
+    peak = int(np.argmax(true_curve))
+    assert 0 < peak < len(sigmas) - 1
+    assert true_curve[peak] > 2.5 * true_curve[0] and true_curve[peak] > 10 * true_curve[-1]
+    few_points, _ = model.sample(8, np.random.default_rng(9))
+    memo = np.array(
+        representation_curve(model, EmpiricalDenoiser(few_points), sigmas, n_eval=600, with_probe=False)[
+            "snr"
+        ]
+    )
+    assert memo.max() < 1.2 * memo[0]
+    assert memo[-1] < 0.5 * memo[0]
+
+
+def test_probe_accuracy_is_high_at_low_noise_and_chance_at_high_noise():
+    model = MoLRG(n_dim=24, n_classes=3, subspace_dim=6, delta=0.2, random_state=0)
+    curve = representation_curve(model, model, [0.05, 20.0], n_eval=300, n_probe_train=600)
+    assert curve["probe_accuracy"][0] > 0.95
+    assert curve["probe_accuracy"][1] < 0.6
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [dict(n_classes=4, subspace_dim=13, n_dim=48), dict(delta=1.5), dict(n_classes=1), dict(n_dim=0)],
+)
+def test_bad_model_parameters_raise(kwargs):
+    with pytest.raises(ValueError):
+        MoLRG(**kwargs)
+
+
+def test_bad_inputs_raise():
+    model = MoLRG(n_dim=12, n_classes=2, subspace_dim=3)
+    with pytest.raises(ValueError, match="sigma"):
+        model.posterior_mean(np.zeros((2, 12)), 0.0)
+    with pytest.raises(ValueError, match="shape"):
+        model.posterior_mean(np.zeros((2, 11)), 1.0)
+    with pytest.raises(ValueError, match="labels"):
+        subspace_snr(np.zeros((3, 12)), np.array([0, 1, 5]), model.bases_)

@@ -1,0 +1,114 @@
+"""Tests for emreason.extras.grokking_flatness against autograd Hessians and loop references."""
+
+import itertools
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from emreason.extras.grokking_flatness import (
+    GrokkingConfig,
+    ModularMLP,
+    collapse_metric,
+    first_step_reaching,
+    flatness_upper_bound,
+    modular_addition_split,
+    relative_flatness,
+    train_grokking,
+)
+
+
+def test_relative_flatness_matches_autograd_hessian():
+    torch.manual_seed(0)
+    n, h, c = 6, 3, 4
+    feats = torch.randn(n, h, dtype=torch.float64)
+    labels = torch.randint(0, c, (n,))
+    weight = torch.randn(c, h, dtype=torch.float64)
+    hess = torch.autograd.functional.hessian(lambda w: F.cross_entropy(feats @ w.T, labels), weight)
+    # hess[s, i, t, j] = d^2 L / dW_si dW_tj ; kappa = sum_{s,t} <w_s, w_t> Tr(H_{s,t})
+    block_traces = torch.einsum("sitj,ij->st", hess, torch.eye(h, dtype=torch.float64))
+    expected = ((weight @ weight.T) * block_traces).sum()
+    torch.testing.assert_close(relative_flatness(feats, weight), expected, rtol=1e-10, atol=1e-12)
+
+
+def test_upper_bound_dominates_flatness():
+    gen = torch.Generator().manual_seed(1)
+    for _ in range(20):
+        feats = torch.randn(10, 5, generator=gen, dtype=torch.float64) * 3
+        weight = torch.randn(7, 5, generator=gen, dtype=torch.float64)
+        assert flatness_upper_bound(feats, weight) >= relative_flatness(feats, weight) - 1e-12
+
+
+def test_collapse_metric_matches_loop_and_vanishes_at_collapse():
+    rng = np.random.default_rng(2)
+    feats = rng.standard_normal((30, 4))
+    labels = np.repeat(np.arange(3), 10)
+    means = [feats[labels == k].mean(0) for k in range(3)]
+    var = [np.mean(np.sum((feats[labels == k] - means[k]) ** 2, 1)) for k in range(3)]
+    expected = np.mean(
+        [
+            (var[a] + var[b]) / (2 * np.sum((means[a] - means[b]) ** 2))
+            for a, b in itertools.combinations(range(3), 2)
+        ]
+    )
+    got = collapse_metric(torch.tensor(feats), torch.tensor(labels), 3)
+    assert float(got) == pytest.approx(expected, rel=1e-10)
+    collapsed = torch.tensor(np.stack(means)[labels])
+    assert float(collapse_metric(collapsed, torch.tensor(labels), 3)) < 1e-10
+
+
+def test_modular_addition_split():
+    x_tr, y_tr, x_va, y_va = modular_addition_split(11, 0.3, seed=0)
+    assert len(x_tr) == round(0.3 * 121) and len(x_tr) + len(x_va) == 121
+    assert torch.equal(y_tr, (x_tr[:, 0] + x_tr[:, 1]) % 11)
+    pairs_tr = {tuple(r) for r in x_tr.tolist()}
+    assert pairs_tr.isdisjoint({tuple(r) for r in x_va.tolist()})
+
+
+def test_model_shapes():
+    model = ModularMLP(13, embed_dim=8, hidden=16)
+    x = torch.tensor([[1, 2], [3, 4]])
+    assert model.features(x).shape == (2, 16) and model(x).shape == (2, 13)
+
+
+@pytest.fixture(scope="module")
+def short_runs():
+    base = dict(p=13, train_fraction=0.5, embed_dim=16, hidden=32, lr=3e-3, steps=200, log_every=50)
+    return {
+        "plain": train_grokking(GrokkingConfig(**base)),
+        "anti_collapse": train_grokking(
+            GrokkingConfig(**base, regularizer="anti_collapse", reg_strength=0.1)
+        ),
+        "anti_flatness": train_grokking(
+            GrokkingConfig(**base, regularizer="anti_flatness", reg_strength=0.05, regularizer_until=100)
+        ),
+    }
+
+
+def test_training_memorizes(short_runs):
+    log = short_runs["plain"]
+    assert log["train_acc"][-1] == 1.0
+    assert first_step_reaching(log, "train_acc", 1.0) is not None
+    assert log["step"] == list(range(0, 201, 50))
+
+
+def test_regularizers_push_their_metric(short_runs):
+    assert short_runs["anti_collapse"]["collapse"][-1] > 1.5 * short_runs["plain"]["collapse"][-1]
+    at_switch_off = short_runs["plain"]["step"].index(100)
+    assert (
+        short_runs["anti_flatness"]["flatness"][at_switch_off]
+        > 1.5 * short_runs["plain"]["flatness"][at_switch_off]
+    )
+
+
+def test_bad_inputs_raise():
+    with pytest.raises(ValueError, match="regularizer"):
+        GrokkingConfig(regularizer="sam")
+    with pytest.raises(ValueError, match="reg_form"):
+        GrokkingConfig(reg_form="sqrt")
+    with pytest.raises(ValueError, match="train_fraction"):
+        modular_addition_split(11, 1.5)
+    with pytest.raises(ValueError, match="features"):
+        relative_flatness(torch.zeros(3, 4), torch.zeros(5, 3))
+    with pytest.raises(ValueError, match="labels"):
+        collapse_metric(torch.zeros(3, 4), torch.tensor([0, 1, 9]), 3)

@@ -109,10 +109,10 @@ def run_demo(
     trained = [m for m in methods if m != "em_inf"]
     if trained:
         if _available("emreason.trainers.toy_runs"):
-            from emreason.trainers.toy_runs import DEMO_SETTINGS, train_on_toy
+            from emreason.trainers.toy_runs import TOY_DEFAULTS, train_on_toy
 
             for method in trained:
-                settings = dict(DEMO_SETTINGS[method])
+                settings = dict(TOY_DEFAULTS[method])
                 if train_steps is not None:
                     settings["steps"] = train_steps
                 with console.status(f"training {method} ({settings['steps']} label-free steps)"):

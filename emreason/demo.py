@@ -59,7 +59,8 @@ def run_demo(
     """Run the demo; returns the results dict that is also written to ``output/results.json``."""
     from rich.console import Console
 
-    console = Console()
+    # A fixed minimum width so the table is not wrapped into an unreadable column when piped.
+    console = Console(width=max(120, Console().width))
     unknown = [m for m in methods if m not in METHODS]
     if unknown:
         raise ValueError(f"unknown method(s) {unknown}; choose from {list(METHODS)}")
@@ -94,7 +95,7 @@ def run_demo(
                 model,
                 1.0,
                 LogitsProcessorList([EMInfLogitsProcessor()]),
-                note="defaults: 3 steps, lr 0.1, threshold 0.3, kl 0.05",
+                note="3 steps, threshold 0.3 (defaults)",
             )
             evaluate(
                 "EM-INF (10 steps)",
@@ -120,7 +121,7 @@ def run_demo(
                         method, output / "models" / method, model_path=model_path, seed=seed, **settings
                     )
                 tuned, _ = toy.load_model(tuned_dir, device=device, dtype=dtype)
-                note = ", ".join(f"{k}={v}" for k, v in settings.items())
+                note = f"{settings['steps']} steps, lr {settings['learning_rate']:g}"
                 label = {"em_ft": "EM-FT", "em_rl_sequence": "EM-RL-sequence", "em_rl_token": "EM-RL-token"}
                 evaluate(label[method], tuned, 0.0, note=note)
                 evaluate(label[method], tuned, 1.0, note=note)
@@ -154,7 +155,7 @@ def _print_table(console, rows: list[DemoRow], results: dict) -> None:
     from rich.table import Table
 
     table = Table(title=f"Held-out toy accuracy ({results['n_problems']} problems, 95% Wilson CI)")
-    for column in ("method", "decoding", "accuracy", "95% CI", "token entropy (nats)", "note"):
+    for column in ("method", "decoding", "accuracy", "95% CI", "model entropy (nats/token)", "note"):
         table.add_column(column)
     for row in rows:
         r = row.result
@@ -192,6 +193,10 @@ def _plot(rows: list[DemoRow], path: Path) -> None:
     fig, ax = plt.subplots(figsize=(max(6, 0.9 * len(rows)), 4))
     ax.bar(range(len(rows)), acc, yerr=err, color=colors, capsize=3)
     ax.set_xticks(range(len(rows)), labels, rotation=45, ha="right", fontsize=8)
+    sampled_base = [row.result.accuracy for row in rows if row.method == "base" and row.decoding == "T=1"]
+    if sampled_base:
+        ax.axhline(100 * sampled_base[0], color="tab:gray", linestyle="--", linewidth=1, label="base, T=1")
+        ax.legend(loc="lower right", fontsize=8)
     ax.set_ylabel("held-out accuracy (%)")
     ax.set_ylim(0, 100)
     ax.set_title("emreason demo: entropy minimization on the toy reasoning model")

@@ -45,3 +45,16 @@ def test_demo_small_run_writes_results_and_plot(tmp_path):
         assert 0 <= row["ci95"][0] <= row["accuracy"] <= row["ci95"][1] <= 1 and row["n"] == 24
     assert (out / "accuracy.png").stat().st_size > 5000
     assert "Held-out toy accuracy" in result.stdout
+
+
+def test_demo_runs_a_trainer_method_with_overridden_steps(tmp_path):
+    out = tmp_path / "demo"
+    result = run_cli(
+        "demo", "--n-problems", "16", "--methods", "em_ft", "--train-steps", "2", "--output", str(out)
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    results = json.loads((out / "results.json").read_text())
+    em_ft = [r for r in results["rows"] if r["method"] == "EM-FT"]
+    assert [r["decoding"] for r in em_ft] == ["greedy", "T=1"]
+    assert all(r["note"].startswith("2 steps") for r in em_ft)
+    assert (out / "models" / "em_ft" / "model.safetensors").is_file()

@@ -4,17 +4,10 @@ from __future__ import annotations
 
 import pytest
 import torch
-from datasets import Dataset
 
-from emreason.toy import make_problems
 from emreason.toy.pretrain import ToyPretrainConfig, build_model
 from emreason.toy.tokenizer import build_tokenizer
-
-
-def toy_prompt_dataset(n: int, seed: int = 0) -> Dataset:
-    """Unlabeled conversational prompts from the toy task's train split."""
-    problems = make_problems("train", n, seed=seed)
-    return Dataset.from_dict({"prompt": [[{"role": "user", "content": p.prompt}] for p in problems]})
+from emreason.trainers.toy_runs import toy_prompt_dataset  # noqa: F401  (re-exported for the tests)
 
 
 def common_args(output_dir, **overrides) -> dict:

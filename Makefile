@@ -15,7 +15,7 @@ install-dev:
 	$(PYTHON) -m pip install -q -e ".[evals,extras,dev]"
 
 demo: install
-	emreason demo --output demo-output
+	$(PYTHON) -m emreason.cli demo --output demo-output
 
 vllm-venv:
 	bash scripts/setup_vllm_venv.sh

@@ -8,7 +8,10 @@ average treatment effect over the experimental covariate distribution.
 Doubly-robust (DR) pieces, all nuisances cross-fitted over two folds (sample splitting):
 
 * ``Z1 = mu1(S) + A (R - mu1(S)) / pi(S)`` and ``Z0 = mu0(S) + (1 - A)(R - mu0(S)) / (1 - pi(S))`` on the
-  experiment, with ``pi`` a logistic-regression propensity and ``mu_a`` linear outcome models;
+  experiment, with ``mu_a`` linear outcome models and ``pi`` either the known randomisation probability
+  (``propensity=0.5`` for a 50/50 A/B test; use it whenever the design is randomised) or, for observational
+  data (``propensity=None``), an L2-penalised logistic regression (``C = propensity_C``, default 1.0)
+  clipped to [0.05, 0.95];
 * historical control model ``mu_h`` (linear, fitted on the historical data) and a density ratio
   ``rho = p_e / p_h`` from moment matching (exponential tilt ``exp(alpha'[1, s])`` whose weighted historical
   covariate means equal the experimental ones), or ``rho = 1`` when no covariate shift is assumed.
@@ -51,6 +54,9 @@ __all__ = [
 ]
 
 ESTIMATOR_NAMES = ("EDO", "HDB", "MVE", "NonPessi", "CWE", "Pessi")
+# Inverse L2 strength of the fitted propensity model: scikit-learn's default. It was 1e4 (almost
+# unpenalised); with ~24 units per cross-fitting fold that gave heavy-tailed DR errors (see docs).
+PROPENSITY_C = 1.0
 
 
 def moment_matching_density_ratio(
@@ -100,6 +106,17 @@ class DRComponents:
     s_hist: np.ndarray  # historical covariates (n_h, d)
 
 
+def _check_propensity(propensity: float | None, propensity_C: float) -> None:
+    if not np.isfinite(propensity_C) or propensity_C <= 0:
+        raise ValueError(f"propensity_C must be a finite float > 0, got {propensity_C!r}")
+    if propensity is None:
+        return
+    if isinstance(propensity, bool) or not isinstance(propensity, (int, float, np.integer, np.floating)):
+        raise ValueError(f"propensity must be None or a float in (0, 1), got {propensity!r}")
+    if not 0.0 < float(propensity) < 1.0:  # also rejects NaN
+        raise ValueError(f"propensity must be None or a float in (0, 1), got {propensity!r}")
+
+
 def _two_folds(n: int, rng: np.random.Generator) -> list[np.ndarray]:
     permutation = rng.permutation(n)
     return [permutation[: n // 2], permutation[n // 2 :]]
@@ -113,8 +130,16 @@ def dr_components(
     r_hist: np.ndarray,
     covariate_shift: bool = False,
     rng: np.random.Generator | None = None,
+    propensity: float | None = None,
+    propensity_C: float = PROPENSITY_C,
 ) -> DRComponents:
-    """Fit nuisances with two-fold cross-fitting and return the DR pieces (see module docstring)."""
+    """Fit nuisances with two-fold cross-fitting and return the DR pieces (see module docstring).
+
+    ``propensity``: ``None`` fits a logistic regression with inverse L2 strength ``propensity_C`` on the
+    other fold and clips it to [0.05, 0.95]; a float in (0, 1) is the known randomisation probability
+    ``P(A = 1)``, used as is (no fit, no clipping).
+    """
+    _check_propensity(propensity, propensity_C)
     rng = np.random.default_rng(0) if rng is None else rng
     n_e, n_h = len(r_exp), len(r_hist)
     z1 = np.empty(n_e)
@@ -129,8 +154,11 @@ def dr_components(
         s_fit, a_fit, r_fit = s_exp[fit_e], a_exp[fit_e], r_exp[fit_e]
         if np.unique(a_fit).size < 2 or min(a_fit.sum(), (1 - a_fit).sum()) < 2:
             raise ValueError("each cross-fitting fold needs at least two treated and two control units")
-        propensity = LogisticRegression(C=1e4).fit(s_fit, a_fit)
-        pi = np.clip(propensity.predict_proba(s_exp[eval_e])[:, 1], 0.05, 0.95)
+        if propensity is None:
+            model = LogisticRegression(C=propensity_C).fit(s_fit, a_fit)
+            pi = np.clip(model.predict_proba(s_exp[eval_e])[:, 1], 0.05, 0.95)
+        else:
+            pi = np.full(len(eval_e), float(propensity))
         mu1 = LinearRegression().fit(s_fit[a_fit == 1], r_fit[a_fit == 1]).predict(s_exp[eval_e])
         mu0 = LinearRegression().fit(s_fit[a_fit == 0], r_fit[a_fit == 0]).predict(s_exp[eval_e])
         a, r = a_exp[eval_e], r_exp[eval_e]
@@ -206,6 +234,11 @@ class PessimisticDataIntegration:
     Parameters
     ----------
     z : float, normal quantile of the pessimistic bias bound (1.64 as in the predecessor's code).
+    propensity : None or float in (0, 1), the known randomisation probability ``P(A = 1)`` of the
+        experiment (e.g. 0.5), used as is. ``None`` (default, for observational data) fits a logistic
+        regression on each cross-fitting fold and clips it to [0.05, 0.95]. In a randomised experiment pass
+        the known value: with small folds the fitted propensity makes every estimator's error heavy-tailed.
+    propensity_C : float > 0, inverse L2 strength of that logistic regression (only with ``propensity=None``).
     covariate_shift : bool, estimate a density ratio by moment matching (else ``rho = 1``).
     n_restarts : int, random restarts of the weight-function optimiser (plus constant-weight starts).
     random_state : int, seeds the cross-fitting folds and restarts.
@@ -220,9 +253,17 @@ class PessimisticDataIntegration:
     """
 
     def __init__(
-        self, z: float = 1.64, covariate_shift: bool = False, n_restarts: int = 2, random_state: int = 0
+        self,
+        z: float = 1.64,
+        covariate_shift: bool = False,
+        n_restarts: int = 2,
+        random_state: int = 0,
+        propensity: float | None = None,
+        propensity_C: float = PROPENSITY_C,
     ) -> None:
         self.z = z
+        self.propensity = propensity
+        self.propensity_C = propensity_C
         self.covariate_shift = covariate_shift
         self.n_restarts = n_restarts
         self.random_state = random_state
@@ -239,6 +280,7 @@ class PessimisticDataIntegration:
         ``s_hist`` (n_h, d) or (n_h,), ``r_hist`` (n_h,)."""
         if self.z < 0:
             raise ValueError(f"z must be >= 0, got {self.z}")
+        _check_propensity(self.propensity, self.propensity_C)
         s_exp = np.asarray(s_exp, dtype=np.float64)
         s_hist = np.asarray(s_hist, dtype=np.float64)
         s_exp = s_exp[:, None] if s_exp.ndim == 1 else s_exp
@@ -259,7 +301,17 @@ class PessimisticDataIntegration:
         if len(s_exp) < 8 or len(s_hist) < 4:
             raise ValueError(f"need n_e >= 8 and n_h >= 4, got {len(s_exp)} and {len(s_hist)}")
         rng = np.random.default_rng(self.random_state)
-        c = dr_components(s_exp, a_exp.astype(np.float64), r_exp, s_hist, r_hist, self.covariate_shift, rng)
+        c = dr_components(
+            s_exp,
+            a_exp.astype(np.float64),
+            r_exp,
+            s_hist,
+            r_hist,
+            self.covariate_shift,
+            rng,
+            propensity=self.propensity,
+            propensity_C=self.propensity_C,
+        )
         self.components_ = c
         n_e, n_h = len(c.z1), len(c.hist_residual)
 

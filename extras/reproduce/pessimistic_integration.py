@@ -7,7 +7,11 @@ g(S) + eps`` with a shift that lives on part of the covariate space, ``g(s) = 2 
 covariate-dependent weight can keep using the historical data where it is unbiased. ``n_e = 48``,
 ``n_h = 48 m`` for ``m in {1, 2, 3}``. MSEs are multiplied by ``n_e`` (as a per-sample-size scale).
 
-Usage: ``python -m emreason.extras.reproduce.pessimistic_integration [--output DIR] [--reps 200]``
+The design is randomised, so the estimators use the known propensity 1/2 by default;
+``--fitted-propensity`` fits it instead (logistic regression with ``C = --propensity-C`` per fold).
+
+Usage: ``python -m emreason.extras.reproduce.pessimistic_integration [--output DIR] [--reps 150]
+[--fitted-propensity [--propensity-C 1.0]]``
 """
 
 from __future__ import annotations
@@ -17,7 +21,11 @@ import time
 from pathlib import Path
 
 import numpy as np
-from emreason.extras.pessimistic_integration import ESTIMATOR_NAMES, PessimisticDataIntegration
+from emreason.extras.pessimistic_integration import (
+    ESTIMATOR_NAMES,
+    PROPENSITY_C,
+    PessimisticDataIntegration,
+)
 from emreason.extras.reproduce.result_files import default_output_dir, save_figure_atomic, write_json_atomic
 from tqdm import tqdm
 
@@ -35,7 +43,15 @@ def simulate(n_e: int, n_h: int, shift: float, rng: np.random.Generator) -> tupl
     return s_exp, a_exp, r_exp, s_hist, r_hist
 
 
-def run(reps: int, shifts: list[float], ratios: list[int], n_e: int, seed: int) -> dict:
+def run(
+    reps: int,
+    shifts: list[float],
+    ratios: list[int],
+    n_e: int,
+    seed: int,
+    propensity: float | None = 0.5,
+    propensity_C: float = PROPENSITY_C,
+) -> dict:
     mse = {m: {name: [] for name in ESTIMATOR_NAMES} for m in ratios}
     total = len(ratios) * len(shifts)
     with tqdm(total=total, desc="pessimistic integration") as bar:
@@ -45,7 +61,9 @@ def run(reps: int, shifts: list[float], ratios: list[int], n_e: int, seed: int) 
                 errors = {name: [] for name in ESTIMATOR_NAMES}
                 for rep in range(reps):
                     data = simulate(n_e, n_e * m, shift, rng)
-                    model = PessimisticDataIntegration(random_state=rep).fit(*data)
+                    model = PessimisticDataIntegration(
+                        random_state=rep, propensity=propensity, propensity_C=propensity_C
+                    ).fit(*data)
                     for name, value in model.estimates_.items():
                         errors[name].append((value - TRUE_ATE) ** 2)
                 for name in ESTIMATOR_NAMES:
@@ -77,13 +95,28 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--output", type=Path, default=default_output_dir("pessimistic_integration"))
     parser.add_argument("--reps", type=int, default=150)
     parser.add_argument("--seed", type=int, default=2025)
+    parser.add_argument(
+        "--fitted-propensity",
+        action="store_true",
+        help="fit the propensity per fold instead of using the design's known 1/2",
+    )
+    parser.add_argument("--propensity-C", type=float, default=PROPENSITY_C, help="C of the fitted propensity")
     args = parser.parse_args(argv)
     if args.reps < 2:
         raise ValueError(f"--reps must be >= 2, got {args.reps}")
+    propensity = None if args.fitted_propensity else 0.5
     shifts = [0.0, 0.1, 0.2, 0.3, 0.5, 0.75, 1.0, 1.5]
     ratios = [1, 2, 3]
     start = time.perf_counter()
-    mse = run(args.reps, shifts, ratios, n_e=48, seed=args.seed)
+    mse = run(
+        args.reps,
+        shifts,
+        ratios,
+        n_e=48,
+        seed=args.seed,
+        propensity=propensity,
+        propensity_C=args.propensity_C,
+    )
     summary = {}
     for m in ratios:
         ranks = np.argsort(np.argsort(np.array([mse[m][n] for n in ESTIMATOR_NAMES]), axis=0), axis=0)
@@ -100,7 +133,15 @@ def main(argv: list[str] | None = None) -> dict:
     payload = {
         "paper": "Pessimistic Data Integration for Policy Evaluation (Wu et al., NeurIPS 2025)",
         "paper_toy_example_mse": PAPER_TOY_MSE,
-        "settings": {"n_e": 48, "ratios_m": ratios, "shifts": shifts, "reps": args.reps, "z": 1.64},
+        "settings": {
+            "n_e": 48,
+            "ratios_m": ratios,
+            "shifts": shifts,
+            "reps": args.reps,
+            "z": 1.64,
+            "propensity": "fitted" if propensity is None else propensity,
+            "propensity_C": args.propensity_C if propensity is None else None,
+        },
         "mse_times_n_e": {str(m): mse[m] for m in ratios},
         "summary": {str(m): s for m, s in summary.items()},
         "wall_seconds": time.perf_counter() - start,

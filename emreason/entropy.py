@@ -88,10 +88,12 @@ def entropy_from_hidden(
 ) -> torch.Tensor:
     """Per-token entropy of ``softmax(hidden @ W.T + b)``, computed ``chunk_size`` tokens at a time.
 
-    The full ``[tokens, V]`` logits are never alive at once, in the forward or the backward pass:
-    each chunk is wrapped in activation checkpointing, so only its ``[chunk_size, V]`` logits exist
-    while it is processed and they are recomputed during backward. This is what keeps an EM-FT step's
-    peak memory at or below a plain SFT step (whose loss materializes all logits).
+    The full ``[tokens, V]`` logits are never alive at once, in the forward or the backward pass: only
+    one chunk's ``[chunk_size, V]`` logits exist while it is processed, and backward recomputes them.
+    This is what keeps an EM-FT step's peak memory at or below a plain SFT step (whose loss holds all
+    logits). Backward uses the closed form ``dH/dz_i = -p_i (log p_i + H)`` on the recomputed chunk
+    (two ``[chunk, V]`` buffers, no autograd graph over the softmax), then two matmuls for the input and
+    weight gradients. Double backward is not supported.
 
     Args:
         hidden: ``[..., D]`` final hidden states (any leading shape).
@@ -111,25 +113,79 @@ def entropy_from_hidden(
         )
     leading = hidden.shape[:-1]
     flat = hidden.reshape(-1, hidden.shape[-1])
+    if flat.shape[0] == 0:
+        return flat.new_zeros(leading, dtype=_upcast(flat).dtype)
     needs_grad = torch.is_grad_enabled() and (
         flat.requires_grad or lm_head_weight.requires_grad or (bias is not None and bias.requires_grad)
     )
-    pieces = []
-    for start in range(0, flat.shape[0], chunk_size):
-        chunk = flat[start : start + chunk_size]
-        if needs_grad:
-            pieces.append(
-                torch.utils.checkpoint.checkpoint(
-                    _chunk_entropy, chunk, lm_head_weight, bias, use_reentrant=False
-                )
-            )
-        else:
-            pieces.append(_chunk_entropy(chunk, lm_head_weight, bias))
-    if not pieces:
-        return flat.new_zeros(leading, dtype=_upcast(flat).dtype)
-    return torch.cat(pieces).reshape(leading)
+    if needs_grad:
+        entropy = _ChunkedEntropy.apply(flat, lm_head_weight, bias, chunk_size)
+    else:
+        entropy = torch.cat(
+            [
+                token_entropy(torch.nn.functional.linear(flat[i : i + chunk_size], lm_head_weight, bias))
+                for i in range(0, flat.shape[0], chunk_size)
+            ]
+        )
+    return entropy.reshape(leading)
 
 
-def _chunk_entropy(hidden: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
-    logits = torch.nn.functional.linear(hidden, weight, bias)
-    return token_entropy(logits, dim=-1)
+class _ChunkedEntropy(torch.autograd.Function):
+    """Chunked entropy of ``softmax(x W^T + b)`` with a recomputing, closed-form backward.
+
+    Forward keeps only ``[N]``-sized statistics per token (log-normalizer and entropy), so backward
+    recomputes a chunk's logits with one matmul and needs no further reductions over the vocabulary.
+    """
+
+    @staticmethod
+    def forward(ctx, hidden, weight, bias, chunk_size):
+        # Logits of a linear layer are finite unless the bias masks tokens with -inf.
+        masked = bias is not None and not bool(torch.isfinite(bias).all())
+        log_normalizers, entropies = [], []
+        with torch.no_grad():
+            for start in range(0, hidden.shape[0], chunk_size):
+                log_p = _upcast(torch.nn.functional.linear(hidden[start : start + chunk_size], weight, bias))
+                log_normalizer = torch.logsumexp(log_p, dim=-1, keepdim=True)
+                log_p.sub_(log_normalizer)
+                p_log_p = log_p.exp().mul_(log_p)
+                if masked:
+                    p_log_p.nan_to_num_(nan=0.0)
+                log_normalizers.append(log_normalizer)
+                entropies.append(-p_log_p.sum(-1))
+        entropy = torch.cat(entropies)
+        ctx.save_for_backward(hidden, weight, bias, torch.cat(log_normalizers), entropy)
+        ctx.chunk_size, ctx.masked = chunk_size, masked
+        return entropy
+
+    @staticmethod
+    def backward(ctx, grad_entropy):
+        hidden, weight, bias, log_normalizer, entropy = ctx.saved_tensors
+        chunk_size = ctx.chunk_size
+        want_hidden, want_weight, want_bias = ctx.needs_input_grad[:3]
+        accumulate = torch.float64 if weight.dtype == torch.float64 else torch.float32
+        grad_hidden = torch.empty_like(hidden) if want_hidden else None
+        grad_weight = torch.zeros_like(weight, dtype=accumulate) if want_weight else None
+        grad_bias = (
+            torch.zeros(weight.shape[0], dtype=accumulate, device=weight.device) if want_bias else None
+        )
+        for start in range(0, hidden.shape[0], chunk_size):
+            rows = slice(start, start + chunk_size)
+            chunk = hidden[rows]
+            log_p = _upcast(torch.nn.functional.linear(chunk, weight, bias)).sub_(log_normalizer[rows])
+            p = log_p.exp()
+            # dH/dz = -p (log p + H), times the incoming gradient; computed in the log p buffer.
+            grad_logits = log_p.add_(entropy[rows, None]).mul_(p).mul_(-grad_entropy[rows, None])
+            del p
+            if ctx.masked:
+                grad_logits.nan_to_num_(nan=0.0)
+            if want_hidden:
+                grad_hidden[rows] = (grad_logits.to(weight.dtype) @ weight).to(hidden.dtype)
+            if want_weight:
+                grad_weight.addmm_(grad_logits.T.to(accumulate), chunk.to(accumulate))
+            if want_bias:
+                grad_bias.add_(grad_logits.sum(0).to(accumulate))
+        if want_weight:
+            grad_weight = grad_weight.to(weight.dtype)
+        if want_bias:
+            grad_bias = grad_bias.to(bias.dtype)
+        return grad_hidden, grad_weight, grad_bias, None

@@ -158,3 +158,20 @@ def test_entropy_from_hidden_bad_input():
         entropy_from_hidden(torch.randn(2, 4), torch.randn(5, 4), chunk_size=0)
     with pytest.raises(ValueError, match="hidden size 3"):
         entropy_from_hidden(torch.randn(2, 3), torch.randn(5, 4))
+
+
+def test_entropy_from_hidden_with_masking_bias():
+    """A -inf bias masks tokens: value and gradients equal the unmasked computation on the rest."""
+    torch.manual_seed(7)
+    hidden = torch.randn(5, 4, dtype=torch.float64, requires_grad=True)
+    weight = torch.randn(6, 4, dtype=torch.float64, requires_grad=True)
+    bias = torch.tensor([0.0, float("-inf"), 0.5, float("-inf"), 0.0, 1.0], dtype=torch.float64)
+    keep = torch.isfinite(bias)
+    h = entropy_from_hidden(hidden, weight, chunk_size=2, bias=bias)
+    gh, gw = torch.autograd.grad(h.sum(), (hidden, weight))
+    ref = reference_entropy(hidden @ weight[keep].T + bias[keep])
+    rh, rw = torch.autograd.grad(ref.sum(), (hidden, weight))
+    torch.testing.assert_close(h, ref)
+    torch.testing.assert_close(gh, rh)
+    torch.testing.assert_close(gw, rw)
+    assert (gw[~keep] == 0).all()

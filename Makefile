@@ -24,4 +24,4 @@ test: install-dev vllm-venv
 	EMREASON_REQUIRE_VLLM=1 $(PYTHON) -m pytest -q
 
 lint:
-	ruff check . && ruff format --check .
+	ruff check . && ruff format --check $$(git ls-files "*.py")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 from transformers import LogitsProcessorList
@@ -98,9 +99,8 @@ def generate_completions(
             new_tokens = out.sequences[:, batch["input_ids"].shape[1] :]
             # Entropy of the raw model distribution at each generated position, up to and incl. EOS.
             step_entropy = torch.stack([token_entropy(step) for step in out.logits], dim=1)
-            alive = torch.ones_like(new_tokens, dtype=torch.bool)
-            finished = torch.cumsum((new_tokens == tokenizer.eos_token_id).int(), dim=1)
-            alive &= (finished - (new_tokens == tokenizer.eos_token_id).int()) == 0
+            is_eos = (new_tokens == tokenizer.eos_token_id).int()
+            alive = (torch.cumsum(is_eos, dim=1) - is_eos) == 0  # generated positions up to the first EOS
             counts = alive.sum(1).clamp_min(1)
             entropies.extend(((step_entropy * alive).sum(1) / counts).tolist())
             completions.extend(tokenizer.batch_decode(new_tokens, skip_special_tokens=True))
@@ -110,29 +110,13 @@ def generate_completions(
     return completions, entropies
 
 
-def evaluate_toy(
-    model,
-    tokenizer,
-    problems: Sequence[ToyProblem],
-    *,
-    temperature: float = 0.0,
-    seed: int = 0,
-    max_new_tokens: int = 64,
-    batch_size: int = 256,
-    logits_processor: LogitsProcessorList | None = None,
-) -> ToyEvalResult:
-    """Held-out accuracy of ``model`` on ``problems`` (greedy when ``temperature == 0``)."""
+def evaluate_toy(model, tokenizer, problems: Sequence[ToyProblem], **generation: Any) -> ToyEvalResult:
+    """Held-out accuracy of ``model`` on ``problems``; ``generation`` goes to `generate_completions`
+    (``temperature`` 0 = greedy, ``seed``, ``max_new_tokens``, ``batch_size``, ``logits_processor``)."""
     if not problems:
         raise ValueError("problems is empty")
     completions, entropies = generate_completions(
-        model,
-        tokenizer,
-        [p.prompt for p in problems],
-        temperature=temperature,
-        seed=seed,
-        max_new_tokens=max_new_tokens,
-        batch_size=batch_size,
-        logits_processor=logits_processor,
+        model, tokenizer, [p.prompt for p in problems], **generation
     )
     correct = [grade(c, p.answer) for c, p in zip(completions, problems)]
     low, high = wilson_interval(sum(correct), len(correct))

@@ -7,25 +7,19 @@ import torch
 
 from emreason.toy.pretrain import ToyPretrainConfig, build_model
 from emreason.toy.tokenizer import build_tokenizer
-from emreason.trainers.toy_runs import toy_prompt_dataset  # noqa: F401  (re-exported for the tests)
+from emreason.trainers.toy_runs import _TOY_COMMON, toy_prompt_dataset  # noqa: F401  (re-exported)
 
 
 def common_args(output_dir, **overrides) -> dict:
-    """Small, CPU-friendly, deterministic trainer settings."""
+    """The toy runs' CPU settings, shrunk to a 2-step, 4-sequence, deterministic test run."""
     args = dict(
+        _TOY_COMMON,
         output_dir=str(output_dir),
         per_device_train_batch_size=4,
         max_completion_length=12,
         max_steps=2,
         logging_steps=1,
-        save_strategy="no",
-        report_to="none",
-        bf16=False,
-        use_cpu=True,
-        gradient_checkpointing=False,
-        dataloader_num_workers=0,
         seed=0,
-        disable_tqdm=True,
     )
     args.update(overrides)
     return args

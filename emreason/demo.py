@@ -8,7 +8,6 @@ the paper's Table 3 compares against), then EM-INF at T = 1.0 (no training), the
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import tempfile
@@ -22,6 +21,12 @@ from emreason import toy
 from emreason.toy.evaluate import ToyEvalResult, evaluate_toy
 
 METHODS = ("em_inf", "em_ft", "em_rl_sequence", "em_rl_token")
+LABELS = {
+    "em_inf": "EM-INF",
+    "em_ft": "EM-FT",
+    "em_rl_sequence": "EM-RL-sequence",
+    "em_rl_token": "EM-RL-token",
+}
 BASELINE_TEMPERATURES = (0.0, 0.5, 0.7, 1.0)
 
 
@@ -40,11 +45,6 @@ def _decoding_name(temperature: float) -> str:
     return "greedy" if temperature == 0 else f"T={temperature:g}"
 
 
-def _available(module: str) -> bool:
-    # find_spec, not try/import: a module that exists but fails to import must fail loudly.
-    return importlib.util.find_spec(module) is not None
-
-
 def run_demo(
     output: Path,
     *,
@@ -58,6 +58,10 @@ def run_demo(
 ) -> dict:
     """Run the demo; returns the results dict that is also written to ``output/results.json``."""
     from rich.console import Console
+    from transformers import LogitsProcessorList
+
+    from emreason.integrations.transformers import EMInfLogitsProcessor
+    from emreason.trainers.toy_runs import TOY_DEFAULTS, train_on_toy
 
     # A fixed minimum width so the table is not wrapped into an unreadable column when piped.
     console = Console(width=max(120, Console().width))
@@ -83,50 +87,34 @@ def run_demo(
     for temperature in BASELINE_TEMPERATURES:
         evaluate("base", model, temperature)
 
-    skipped: dict[str, str] = {}
     if "em_inf" in methods:
-        if _available("emreason.integrations.transformers"):
-            from transformers import LogitsProcessorList
+        evaluate(
+            "EM-INF",
+            model,
+            1.0,
+            LogitsProcessorList([EMInfLogitsProcessor()]),
+            note="3 steps, threshold 0.3 (defaults)",
+        )
+        evaluate(
+            "EM-INF (10 steps)",
+            model,
+            1.0,
+            LogitsProcessorList([EMInfLogitsProcessor(steps=10, threshold=0.1)]),
+            note="10 steps, threshold 0.1",
+        )
 
-            from emreason.integrations.transformers import EMInfLogitsProcessor
-
-            evaluate(
-                "EM-INF",
-                model,
-                1.0,
-                LogitsProcessorList([EMInfLogitsProcessor()]),
-                note="3 steps, threshold 0.3 (defaults)",
+    for method in (m for m in methods if m != "em_inf"):
+        settings = dict(TOY_DEFAULTS[method])
+        if train_steps is not None:
+            settings["steps"] = train_steps
+        with console.status(f"training {method} ({settings['steps']} label-free steps)"):
+            tuned_dir = train_on_toy(
+                method, output / "models" / method, model_path=model_path, seed=seed, **settings
             )
-            evaluate(
-                "EM-INF (10 steps)",
-                model,
-                1.0,
-                LogitsProcessorList([EMInfLogitsProcessor(steps=10, threshold=0.1)]),
-                note="10 steps, threshold 0.1",
-            )
-        else:
-            skipped["em_inf"] = "emreason.integrations.transformers not installed"
-
-    trained = [m for m in methods if m != "em_inf"]
-    if trained:
-        if _available("emreason.trainers.toy_runs"):
-            from emreason.trainers.toy_runs import TOY_DEFAULTS, train_on_toy
-
-            for method in trained:
-                settings = dict(TOY_DEFAULTS[method])
-                if train_steps is not None:
-                    settings["steps"] = train_steps
-                with console.status(f"training {method} ({settings['steps']} label-free steps)"):
-                    tuned_dir = train_on_toy(
-                        method, output / "models" / method, model_path=model_path, seed=seed, **settings
-                    )
-                tuned, _ = toy.load_model(tuned_dir, device=device, dtype=dtype)
-                note = f"{settings['steps']} steps, lr {settings['learning_rate']:g}"
-                label = {"em_ft": "EM-FT", "em_rl_sequence": "EM-RL-sequence", "em_rl_token": "EM-RL-token"}
-                evaluate(label[method], tuned, 0.0, note=note)
-                evaluate(label[method], tuned, 1.0, note=note)
-        else:
-            skipped.update({m: "emreason.trainers not installed" for m in trained})
+        tuned, _ = toy.load_model(tuned_dir, device=device, dtype=dtype)
+        note = f"{settings['steps']} steps, lr {settings['learning_rate']:g}"
+        evaluate(LABELS[method], tuned, 0.0, note=note)
+        evaluate(LABELS[method], tuned, 1.0, note=note)
 
     results = {
         "model": str(model_path or toy.model_path()),
@@ -135,7 +123,6 @@ def run_demo(
         "device": device,
         "dtype": dtype,
         "rows": [row.as_dict() for row in rows],
-        "skipped": skipped,
         "wall_seconds": round(time.perf_counter() - start, 1),
     }
     _write_json_atomic(output / "results.json", results)
@@ -168,8 +155,6 @@ def _print_table(console, rows: list[DemoRow], results: dict) -> None:
             row.note,
         )
     console.print(table)
-    for method, why in results["skipped"].items():
-        console.print(f"skipped {method}: {why}")
     console.print(f"wall time {results['wall_seconds']} s")
 
 

@@ -30,7 +30,6 @@ from tqdm import tqdm
 
 from emreason.spectral import LDS, distill_lds, recommended_num_filters, spectral_filters, tail_energy
 from emreason.spectral.conv import causal_conv_fft
-from emreason.spectral.lds import _powers
 
 DEFAULT_STATE_DIMS = (8, 16, 24, 32, 48, 64, 80, 160)
 
@@ -151,7 +150,7 @@ def decode_latency(filter_lds: LDS, filter_len: int, contexts: list[int], dim: i
     results = {"lds_step": {}, "stu_fft_recompute": {}, "stu_window_dot": {}, "attention_kv_cache": {}}
     for ctx in tqdm(contexts, desc="decode latency"):
         # STU kernels beyond the filter length come from the LDS (which keeps decaying past L).
-        kernel = (_powers(layer_lds.poles.double(), ctx) @ layer_lds.output.double()).float()
+        kernel = layer_lds.impulse_response(ctx).float()
         prefix = torch.randn(1, ctx, dim, generator=gen)
         _, state = layer_lds(prefix)
         x = torch.randn(1, dim, generator=gen)

@@ -127,13 +127,21 @@ def valid_rows(logits: torch.Tensor) -> torch.Tensor:
 
 
 def _per_row(value, name: str, batch: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
-    """A scalar or ``[B]`` per-row parameter as a ``[B]`` tensor (checked: finite, >= 0)."""
+    """A scalar or ``[B]`` per-row parameter as a ``[B]`` tensor (checked: finite, >= 0).
+
+    Python scalars are checked on the host, so the common case costs no device synchronisation per
+    decoding step; tensors get one fused check.
+    """
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        if not (math.isfinite(value) and value >= 0):
+            raise ValueError(f"{name} must be finite and >= 0 in every row, got {value}")
+        return torch.full((batch,), float(value), dtype=dtype, device=device)
     tensor = torch.as_tensor(value, dtype=dtype, device=device)
     if tensor.ndim == 0:
         tensor = tensor.expand(batch)
     if tensor.shape != (batch,):
         raise ValueError(f"{name} must be a scalar or have shape [{batch}], got shape {tuple(tensor.shape)}")
-    if not torch.isfinite(tensor).all() or (tensor < 0).any():
+    if not bool((torch.isfinite(tensor) & (tensor >= 0)).all()):
         raise ValueError(f"{name} must be finite and >= 0 in every row, got {tensor.tolist()}")
     return tensor
 
@@ -180,7 +188,8 @@ def minimize_entropy(
     batch, _ = logits.shape
     dtype = torch.float64 if logits.dtype == torch.float64 else torch.float32
     device = logits.device
-    steps_t = _per_row(config.steps if steps is None else steps, "steps", batch, dtype, device)
+    steps_value = config.steps if steps is None else steps
+    steps_t = _per_row(steps_value, "steps", batch, dtype, device)
     lr_t = _per_row(config.lr if lr is None else lr, "lr", batch, dtype, device)
     threshold_t = _per_row(
         config.threshold if threshold is None else threshold, "threshold", batch, dtype, device
@@ -188,7 +197,12 @@ def minimize_entropy(
     kl_t = _per_row(config.kl_weight if kl_weight is None else kl_weight, "kl_weight", batch, dtype, device)
 
     z = logits.to(dtype=dtype, copy=True)
-    max_steps = int(steps_t.max().item()) if batch else 0
+    if not batch:
+        max_steps = 0
+    elif isinstance(steps_value, int):
+        max_steps = steps_value  # known on the host: no device sync
+    else:
+        max_steps = int(steps_t.max().item())
     if max_steps == 0:
         return z
     ok = valid_rows(z)

@@ -11,6 +11,8 @@ request's sampling settings apply to the entropy-minimized logits.
 
 from __future__ import annotations
 
+import dataclasses
+
 import torch
 from transformers import LogitsProcessor
 
@@ -58,7 +60,7 @@ class AdaptiveTemperatureLogitsProcessor(LogitsProcessor):
         if config is not None and not isinstance(config, AdaptiveTemperatureConfig):
             raise TypeError(f"config must be an AdaptiveTemperatureConfig, got {type(config).__name__}")
         base = config or AdaptiveTemperatureConfig()
-        self.config = AdaptiveTemperatureConfig(**{**base.__dict__, **overrides})
+        self.config = dataclasses.replace(base, **overrides)
 
     def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
         return adaptive_temperature(scores, self.config).to(scores.dtype)

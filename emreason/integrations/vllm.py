@@ -254,7 +254,8 @@ class EMInfLogitsProcessor(ClassicLogitsProcessor, V2LogitsProcessor):
         ``rows`` None means all rows of ``logits``, in order.
         """
         params = self.slots.as_tensors(slots, logits.device)
-        modes = torch.from_numpy(self.slots.mode[slots]).to(logits.device, non_blocking=True)
+        host_modes = self.slots.mode[slots]
+        modes = torch.from_numpy(host_modes).to(logits.device, non_blocking=True)
         count = len(slots)
         for start in range(0, count, _MAX_ROWS_PER_CALL):
             part = slice(start, min(start + _MAX_ROWS_PER_CALL, count))
@@ -271,7 +272,7 @@ class EMInfLogitsProcessor(ClassicLogitsProcessor, V2LogitsProcessor):
                 kl_weight=params["kl_weight"][part],
                 workspace=self.workspace,
             )
-            if bool((mode == MODE_ADAPTIVE).any()):
+            if (host_modes[part] == MODE_ADAPTIVE).any():  # host array: no device sync
                 out = self._adaptive_rows(out, mode, params, part)
             logits.index_copy_(0, row_idx, out.to(logits.dtype))
         return logits

@@ -43,9 +43,9 @@ class DistillationError:
     max_coef: float
 
 
-def _powers(poles: torch.Tensor, length: int, offset: int = 0) -> torch.Tensor:
-    """``poles ** (offset + t)``, ``t = 0..length-1``, shape ``(length, n)``; exact signs if a < 0."""
-    t = torch.arange(offset, offset + length, device=poles.device, dtype=poles.dtype)
+def _powers(poles: torch.Tensor, length: int) -> torch.Tensor:
+    """``poles ** t``, ``t = 0..length-1``, shape ``(length, n)``; exact signs if a < 0."""
+    t = torch.arange(length, device=poles.device, dtype=poles.dtype)
     return torch.pow(poles.abs()[None, :], t[:, None]) * torch.where(
         (poles[None, :] < 0) & (t[:, None] % 2 == 1), -1.0, 1.0
     ).to(poles.dtype)

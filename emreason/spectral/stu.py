@@ -169,7 +169,7 @@ class LDSSTU(nn.Module):
         coef = filter_lds.output.double()  # (n, K)
         m_plus = stu.M_filters.double()
         m_minus = m_plus if stu.share_filter_projection else stu.M_filters_minus.double()
-        layer = cls(stu.dim, filter_lds.state_dim).to(stu.M_inputs.device)
+        layer = cls(stu.dim, filter_lds.state_dim)
         layer.M_inputs.data.copy_(stu.M_inputs.data)
         output = torch.cat([coef @ m_plus, coef @ m_minus], dim=0)
         layer.lds = LDS(

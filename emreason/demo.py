@@ -8,9 +8,6 @@ the paper's Table 3 compares against), then EM-INF at T = 1.0 (no training), the
 
 from __future__ import annotations
 
-import json
-import os
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,6 +15,7 @@ from pathlib import Path
 import torch
 
 from emreason import toy
+from emreason.atomic_io import write_json_atomic
 from emreason.toy.evaluate import ToyEvalResult, evaluate_toy
 
 METHODS = ("em_inf", "em_ft", "em_rl_sequence", "em_rl_token")
@@ -125,17 +123,10 @@ def run_demo(
         "rows": [row.as_dict() for row in rows],
         "wall_seconds": round(time.perf_counter() - start, 1),
     }
-    _write_json_atomic(output / "results.json", results)
+    write_json_atomic(output / "results.json", results)
     _plot(rows, output / "accuracy.png")
     _print_table(console, rows, results)
     return results
-
-
-def _write_json_atomic(path: Path, payload: dict) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
-    with os.fdopen(fd, "w") as handle:
-        json.dump(payload, handle, indent=2)
-    os.replace(tmp, path)
 
 
 def _print_table(console, rows: list[DemoRow], results: dict) -> None:

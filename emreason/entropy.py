@@ -11,7 +11,13 @@ from typing import NamedTuple
 
 import torch
 
-__all__ = ["token_entropy", "sequence_logprob", "entropy_from_hidden", "SequenceLogProb"]
+__all__ = [
+    "token_entropy",
+    "log_softmax_entropy",
+    "sequence_logprob",
+    "entropy_from_hidden",
+    "SequenceLogProb",
+]
 
 
 def _upcast(x: torch.Tensor) -> torch.Tensor:
@@ -38,6 +44,18 @@ def token_entropy(logits: torch.Tensor, dim: int = -1) -> torch.Tensor:
     # Zero the logit itself (not the product) where p == 0, so that backward never forms 0 * -inf.
     z_finite = torch.where(p > 0, z, torch.zeros((), dtype=z.dtype, device=z.device))
     return (log_normalizer - (p * z_finite).sum(dim=dim, keepdim=True)).squeeze(dim)
+
+
+def log_softmax_entropy(logits: torch.Tensor, dim: int = -1) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(log_softmax(logits), entropy)`` from one normalisation pass, for callers that need both.
+
+    Shapes as `token_entropy` (log-probabilities keep ``logits``' shape, upcast like it); masked
+    (``-inf``) entries have log-probability ``-inf`` and contribute 0 to the entropy.
+    """
+    log_p = torch.log_softmax(_upcast(logits), dim=dim)
+    p = log_p.exp()
+    log_p_finite = torch.where(p > 0, log_p, torch.zeros((), dtype=log_p.dtype, device=log_p.device))
+    return log_p, -(p * log_p_finite).sum(dim)
 
 
 class SequenceLogProb(NamedTuple):

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 import time
 from collections import defaultdict
 from collections.abc import Sequence
@@ -26,23 +25,9 @@ from emreason.evals.metrics import summarize
 from emreason.evals.tasks import Problem, Task, get_task
 from tqdm import tqdm
 
+from emreason.atomic_io import write_json_atomic
+
 CHUNK = 64  # conversations per generate/grade/write round: the most a crash can lose
-
-
-def write_json_atomic(path: Path, payload: Any) -> None:
-    """Write JSON to ``path`` via a temporary file and ``os.replace`` (never a half-written file)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(handle, "w", encoding="utf-8") as stream:
-            json.dump(payload, stream, indent=2, sort_keys=True, default=str)
-            stream.flush()
-            os.fsync(stream.fileno())
-        os.replace(temporary, path)
-    except BaseException:
-        if os.path.exists(temporary):
-            os.unlink(temporary)
-        raise
 
 
 def read_samples(task_dir: Path) -> list[dict[str, Any]]:
@@ -233,7 +218,7 @@ def run_task(
     metrics = task_metrics(task, problems, read_samples(task_dir), n_samples)
     metrics["config"] = dict(run_config or {}, shard=f"{index}/{count}", limit=limit)
     metrics["data"] = {"source": data.source, "sha256": data.sha256}
-    write_json_atomic(task_dir / "metrics.json", metrics)
+    write_json_atomic(task_dir / "metrics.json", metrics, sort_keys=True)
     return metrics
 
 
@@ -252,5 +237,5 @@ def run_eval(
     summary = json.loads(summary_path.read_text()) if summary_path.is_file() else {"tasks": {}}
     for task in tasks:
         summary["tasks"][task.name] = run_task(task, backend, output, **kwargs)
-        write_json_atomic(summary_path, summary)
+        write_json_atomic(summary_path, summary, sort_keys=True)
     return summary

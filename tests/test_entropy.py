@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from emreason.entropy import entropy_from_hidden, sequence_logprob, token_entropy
+from emreason.entropy import entropy_from_hidden, log_softmax_entropy, sequence_logprob, token_entropy
 
 
 def reference_entropy(logits: torch.Tensor) -> torch.Tensor:
@@ -175,3 +175,13 @@ def test_entropy_from_hidden_with_masking_bias():
     torch.testing.assert_close(gh, rh)
     torch.testing.assert_close(gw, rw)
     assert (gw[~keep] == 0).all()
+
+
+def test_log_softmax_entropy_matches_separate_computations():
+    torch.manual_seed(8)
+    logits = torch.randn(3, 40, dtype=torch.bfloat16)
+    logits[0, :5] = float("-inf")
+    log_p, h = log_softmax_entropy(logits)
+    assert log_p.dtype == torch.float32 and torch.isneginf(log_p[0, :5]).all()
+    torch.testing.assert_close(log_p, torch.log_softmax(logits.float(), -1))
+    torch.testing.assert_close(h.double(), reference_entropy(logits.float()), atol=1e-5, rtol=1e-5)

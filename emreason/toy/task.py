@@ -129,6 +129,8 @@ def make_problems(
     split: str, n: int, seed: int = 0, levels: tuple[int, ...] = (1, 2), unique: bool = True
 ) -> list[ToyProblem]:
     """``n`` problems of ``split``; with ``unique`` no expression repeats (held-out evaluation sets)."""
+    if n < 1:
+        raise ValueError(f"n must be >= 1, got {n}")
     out, seen = [], set()
     for problem in iter_problems(split, seed, levels):
         if unique and problem.expression in seen:
@@ -137,7 +139,7 @@ def make_problems(
         out.append(problem)
         if len(out) == n:
             return out
-    raise AssertionError("unreachable")
+    raise AssertionError("iter_problems is endless")  # for type checkers: the loop only exits by return
 
 
 _BOXED = re.compile(r"\\boxed\{(-?\d+)\}")

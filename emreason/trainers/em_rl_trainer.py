@@ -128,7 +128,7 @@ class EMRLTrainer(RolloutHooksMixin, GRPOTrainer):
             logprobs = torch.nan_to_num(pad(rows, padding_value=0.0), nan=0.0).to(device)
             entropies = torch.zeros_like(logprobs)
         elif self._forward_stats is not None:
-            logprobs, entropies = (t.float()[:, : mask.shape[1]] for t in self._forward_stats)
+            logprobs, entropies = (t.float() for t in self._forward_stats)
             self._forward_stats = None
         else:
             raise RuntimeError("no rollout statistics were recorded for this batch")

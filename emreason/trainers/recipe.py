@@ -4,9 +4,7 @@
 from __future__ import annotations
 
 import json
-import os
 import sys
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -14,6 +12,7 @@ from typing import Any
 from datasets import Dataset, load_dataset
 from trl import ModelConfig, TrlParser, get_peft_config
 
+from emreason.atomic_io import write_json_atomic
 from emreason.trainers.toy_runs import toy_prompt_dataset, toy_settings
 
 __all__ = ["ScriptArguments", "load_prompts", "main"]
@@ -74,14 +73,6 @@ def _toy_evaluation(model, tokenizer, n: int) -> dict[str, Any]:
     }
 
 
-def _write_json_atomically(path: Path, payload: dict) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
-    with os.fdopen(handle, "w") as f:
-        json.dump(payload, f, indent=2)
-    os.replace(temporary, path)
-
-
 def _uses_toy_defaults(argv: list[str]) -> bool:
     return not any(a.startswith(("--model_name_or_path", "--config")) for a in argv)
 
@@ -128,7 +119,7 @@ def main(method: str, config_class, trainer_class, argv: list[str] | None = None
     model = trainer.accelerator.unwrap_model(trainer.model)
     after = _toy_evaluation(model, tokenizer, script_args.toy_eval_problems)
     report = {"method": method, "model": source, "before": before, "after": after}
-    _write_json_atomically(Path(training_args.output_dir) / "toy_eval.json", report)
+    write_json_atomic(Path(training_args.output_dir) / "toy_eval.json", report)
     _print_table(report)
     return report
 

@@ -15,7 +15,7 @@ from collections.abc import Callable, Iterator
 import torch
 from transformers import LogitsProcessor
 
-from emreason.entropy import token_entropy
+from emreason.entropy import log_softmax_entropy
 
 __all__ = ["RolloutStatsRecorder", "PerSampleGumbelSampler", "shadow_generate"]
 
@@ -38,10 +38,9 @@ class RolloutStatsRecorder(LogitsProcessor):
         if self._previous_log_softmax is not None:
             chosen = input_ids[:, -1:].to(scores.device)
             self.logprobs.append(self._previous_log_softmax.gather(-1, chosen).squeeze(-1))
-        self.entropies.append(token_entropy(scores))
-        # Upcast half precision only (as emreason.entropy does); float64 stays float64.
-        wide = scores.float() if scores.dtype in (torch.float16, torch.bfloat16) else scores
-        self._previous_log_softmax = torch.log_softmax(wide, dim=-1)
+        # One normalisation per generated token gives both statistics (this runs on [B, V] every step).
+        self._previous_log_softmax, entropy = log_softmax_entropy(scores)
+        self.entropies.append(entropy)
         return scores
 
     def finish(self, sequences: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -17,7 +17,6 @@ import gzip
 import json
 import os
 import re
-import tempfile
 from collections import defaultdict
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -27,6 +26,8 @@ from typing import Any
 from emreason.evals.code import extract_code, run_with_nonce
 from emreason.evals.data import read_records, require_data_file, sha256_of
 from emreason.evals.tasks.base import Graded, LoadedData, Problem, Task
+
+from emreason.atomic_io import write_json_atomic
 
 
 def _default_dev_targets() -> Path:
@@ -215,13 +216,12 @@ def regenerate_dev_targets(problems_path: str | Path, out_path: str | Path = DEV
             while len(targets[step_id]) <= number:
                 targets[step_id].append(None)
             targets[step_id][number] = value
-    out_path = Path(out_path)
-    out_path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(dir=out_path.parent, suffix=".tmp")
-    os.close(handle)
-    with gzip.open(temporary, "wt", encoding="utf-8") as stream:
-        json.dump({"source_sha256": sha256_of(problems_path), "targets": targets}, stream)
-    os.replace(temporary, out_path)
+    write_json_atomic(
+        out_path,
+        {"source_sha256": sha256_of(problems_path), "targets": targets},
+        indent=None,
+        opener=gzip.open,
+    )
     return targets
 
 

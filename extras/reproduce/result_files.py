@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-import json
 import os
 import tempfile
 from pathlib import Path
+
+from emreason.atomic_io import write_json_atomic  # noqa: F401  (re-exported for the scripts)
 
 RESULTS_ROOT = Path(__file__).resolve().parent / "results"
 
@@ -20,21 +21,6 @@ def _atomic_target(path: Path):
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     os.close(fd)
     return tmp
-
-
-def write_json_atomic(path: str | os.PathLike, payload: dict) -> Path:
-    """Write ``payload`` as indented JSON to ``path`` via a temporary file and ``os.replace``."""
-    path = Path(path)
-    tmp = _atomic_target(path)
-    try:
-        with open(tmp, "w", encoding="utf-8") as handle:
-            json.dump(payload, handle, indent=2, sort_keys=False)
-            handle.write("\n")
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-    return path
 
 
 def save_figure_atomic(figure, path: str | os.PathLike, dpi: int = 120) -> Path:

@@ -489,3 +489,83 @@ def test_workspace_reserved_at_start_up(monkeypatch):
     )
     proc.apply(torch.randn(2, vocab))
     assert proc.workspace._storage is storage
+
+
+# -- position in the processor chain (issue 17, item 5) ---------------------------------------------
+
+PENALIZED = [3, 10, 42]  # tokens in the prompt, penalized by repetition_penalty
+REPETITION = 1.7
+
+
+def repetition_penalty(logits: torch.Tensor) -> torch.Tensor:
+    """The repetition penalty (CTRL) on PENALIZED tokens, written out: positive logits / r, others * r."""
+    out = logits.clone()
+    cols = out[:, PENALIZED]
+    out[:, PENALIZED] = torch.where(cols > 0, cols / REPETITION, cols * REPETITION)
+    return out
+
+
+def test_classic_runner_applies_penalties_after_em_inf():
+    """vLLM's classic sampler runs non-argmax-invariant processors, then penalties (vLLM fixes this)."""
+    from vllm.v1.sample.logits_processor import LogitsProcessors
+    from vllm.v1.sample.metadata import SamplingMetadata
+    from vllm.v1.sample.sampler import Sampler
+
+    batch = 2
+    proc = EMInfLogitsProcessor(vllm_config(), torch.device("cpu"), False)
+    on = SamplingParams(extra_args={"em_inf": 1, "em_inf_threshold": 0.0}, repetition_penalty=REPETITION)
+    proc.update_state(BatchUpdate(batch, [], [(i, on, [], []) for i in range(batch)], []))
+    metadata = SamplingMetadata(
+        temperature=None, all_greedy=False, all_random=True, top_p=None, top_k=None, generators={},
+        max_num_logprobs=None, no_penalties=False,
+        prompt_token_ids=torch.tensor([PENALIZED] * batch),
+        frequency_penalties=torch.zeros(batch), presence_penalties=torch.zeros(batch),
+        repetition_penalties=torch.full((batch,), REPETITION), output_token_ids=[[] for _ in range(batch)],
+        allowed_token_ids_mask=None, bad_words_token_ids={}, logitsprocs=LogitsProcessors([proc]),
+    )  # fmt: skip
+    logits = random_logits(batch, torch.Generator().manual_seed(11))
+    out = Sampler().apply_logits_processors(logits.clone(), metadata, predict_bonus_token=False)
+    em_inf = EMInfConfig(threshold=0.0)
+    after = repetition_penalty(minimize_entropy(logits, em_inf))
+    before = minimize_entropy(repetition_penalty(logits), em_inf)
+    torch.testing.assert_close(out, after, rtol=0, atol=2e-5)
+    assert (out - before).abs().max() > 1e-2  # the two orders really differ
+
+
+def test_model_runner_v2_applies_penalties_before_em_inf(monkeypatch):
+    """V2's sampler pipeline is [logit bias, penalties, bad words, *custom]: penalties come first.
+
+    The V2 penalties kernel is Triton (absent on CPU), so it is replaced by the same penalty written in
+    torch; the order under test is the one of vLLM's own ``Sampler.logits_processors``.
+    """
+    import vllm.v1.worker.gpu.buffer_utils as buffer_utils
+    import vllm.v1.worker.gpu.sample.penalties as penalties
+    from vllm.v1.worker.gpu.buffer_utils import UvaBackedTensor
+    from vllm.v1.worker.gpu.sample.sampler import Sampler
+
+    monkeypatch.setattr(buffer_utils, "is_uva_available", lambda: False)  # no pinned memory on CPU
+
+    def torch_penalties(logits, expanded_idx_mapping, *args):
+        logits.copy_(repetition_penalty(logits))
+
+    monkeypatch.setattr(penalties, "apply_penalties", torch_penalties)
+    slots = 4
+    state = LogitsProcRequestState(
+        **{**v2_state(slots).__dict__, "prompt_len": UvaBackedTensor(slots, torch.int32),
+           "prefill_len": UvaBackedTensor(slots, torch.int32)}
+    )  # fmt: skip
+    proc = EMInfLogitsProcessor(vllm_config(slots), state)
+    config = SimpleNamespace(reasoning_config=None, model_config=SimpleNamespace(max_model_len=64))
+    sampler = Sampler(config, slots, VOCAB, torch.device("cpu"), state, custom_logits_processors=[proc])
+    names = [type(p).__name__ for p in sampler.logits_processors]
+    assert names.index("PenaltiesState") < names.index("EMInfLogitsProcessor"), names
+    on = SamplingParams(extra_args={"em_inf": 1, "em_inf_threshold": 0.0}, repetition_penalty=REPETITION)
+    for slot in (0, 1):
+        assert sampler.penalties_state.add_request(slot, on) and proc.add_request(slot, on)
+    ctx = v2_context([0, 1], [1, 1])
+    logits = random_logits(2, torch.Generator().manual_seed(11))
+    out = logits.clone()
+    for stage in sampler.logits_processors:  # what Sampler.apply_sampling_params does
+        out = stage.apply(out, ctx)
+    em_inf = EMInfConfig(threshold=0.0)
+    torch.testing.assert_close(out, minimize_entropy(repetition_penalty(logits), em_inf), rtol=0, atol=2e-5)

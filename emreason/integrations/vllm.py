@@ -445,7 +445,9 @@ class EMInfLogitsProcessor(ClassicLogitsProcessor, V2LogitsProcessor):
                 chunk = logits[int(part_rows[0]) : int(part_rows[0]) + count]
             else:
                 index = torch.from_numpy(part_rows).to(device, non_blocking=True)
-                chunk = torch.index_select(logits, 0, index, out=gathered)
+                # Into the reserved buffer when the dtypes match (vLLM hands processors float32 logits).
+                same = logits.dtype == gathered.dtype
+                chunk = torch.index_select(logits, 0, index, out=gathered) if same else logits[index]
 
             def column(array: np.ndarray, part=part) -> torch.Tensor:
                 return torch.from_numpy(array[part]).to(device, non_blocking=True)

@@ -41,6 +41,7 @@ __all__ = [
     "valid_rows",
     "EMInfWorkspace",
     "bisection_iterations",
+    "CHECK_EVERY",
 ]
 
 _BETA1 = 0.9
@@ -406,6 +407,7 @@ def adaptive_temperature(
     return_tau: bool = False,
     early_exit: bool = True,
     invalid_params: str = "raise",
+    exit_checks: int = 0,
 ):
     """Batched Algorithm 1: per-row bisection on the temperature toward a target entropy.
 
@@ -417,6 +419,9 @@ def adaptive_temperature(
         early_exit: stop bisecting once every row has converged (one device-to-host read per
             iteration). ``False`` runs `bisection_iterations` iterations and reads nothing back; the
             result is the same, because by then every row's bracket has shrunk to one float.
+        exit_checks: with ``early_exit=False``, allow this many device-to-host reads: after every
+            `CHECK_EVERY` iterations (at most ``exit_checks`` times) stop if no row is still searching.
+            Same result; most rows converge within 8 iterations, so one check saves most of the fixed cost.
         invalid_params: ``"raise"`` (ValueError) or ``"skip"``: a row whose alpha is outside (0, 1] or
             whose delta is NaN, infinite or negative gets ``tau = 1``, with no check on the host.
 
@@ -455,8 +460,13 @@ def adaptive_temperature(
     low = torch.full_like(h0, config.tau_min)
     high = torch.full_like(h0, config.tau_max)
     iterations = config.max_iter if early_exit else min(config.max_iter, bisection_iterations(config, dtype))
-    for _ in range(iterations):
-        if early_exit and not bool(searching.any()):
+    if isinstance(exit_checks, bool) or not isinstance(exit_checks, int) or exit_checks < 0:
+        raise ValueError(f"exit_checks must be an int >= 0, got {exit_checks!r}")
+    for i in range(iterations):
+        if early_exit:
+            if not bool(searching.any()):
+                break
+        elif i and i % CHECK_EVERY == 0 and i // CHECK_EVERY <= exit_checks and not bool(searching.any()):
             break
         mid = (low + high) / 2
         tau = torch.where(searching, mid, tau)
@@ -468,6 +478,9 @@ def adaptive_temperature(
         searching &= ~converged
     out = z / tau.unsqueeze(-1)
     return (out, tau) if return_tau else out
+
+
+CHECK_EVERY = 8  # adaptive_temperature(exit_checks=k): iterations between its host-side checks
 
 
 def bisection_iterations(config: AdaptiveTemperatureConfig, dtype: torch.dtype = torch.float32) -> int:

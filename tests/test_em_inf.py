@@ -331,3 +331,6 @@ def test_no_reads_from_the_device_without_early_exit():
     with count_host_syncs() as counter:
         minimize_entropy(logits, **params)
     assert counter.count > 3, counter.calls  # the counter sees the default path's reads
+    with count_host_syncs() as counter:  # at most the checks allowed
+        adaptive_temperature(logits, early_exit=False, exit_checks=2)
+    assert 1 <= counter.count <= 2, counter.calls

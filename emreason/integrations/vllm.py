@@ -90,6 +90,10 @@ MAX_STEPS_LIMIT = 1000
 MAX_STEPS_ENV = "EMREASON_EM_INF_MAX_STEPS"
 RESERVE_ENV = "EMREASON_EM_INF_RESERVE"
 _FLOAT32_MAX = float(np.finfo(np.float32).max)
+# Device-to-host reads allowed per decode step. Model Runner V2 is built to avoid them (host-side index
+# arrays), so none there; the classic runner spends up to two on stopping adaptive-temperature bisection
+# early (most rows converge within 8 of its 33 fixed iterations). EM-INF rows never read back.
+SYNC_BUDGET = {"classic": 2, "v2": 0}
 logger = logging.getLogger(__name__)
 _warned: set[str] = set()
 # id(vllm_config) -> the processor instances built for that engine (see EMInfLogitsProcessor.__init__).
@@ -349,6 +353,7 @@ class EMInfLogitsProcessor(ClassicLogitsProcessor, V2LogitsProcessor):
             rows = num_slots
         self.slots = _SlotTable(num_slots)
         self.batch_size = 0
+        self._sync_budget = 0
         self.workspace = EMInfWorkspace()
         self._staging: torch.Tensor | None = None
         self.reserved_bytes = 0
@@ -421,7 +426,8 @@ class EMInfLogitsProcessor(ClassicLogitsProcessor, V2LogitsProcessor):
         """Apply each row's mode in place; ``rows`` index ``logits`` and ``slots`` the table (host arrays).
 
         EM-INF rows are grouped by step count so each core call runs exactly its rows' steps with no
-        per-step device read; adaptive rows run a fixed number of bisection iterations.
+        per-step device read; adaptive rows run a fixed number of bisection iterations, stopping early at
+        the checks allowed by the runner's per-step sync budget (`SYNC_BUDGET`), shared among their calls.
         """
         modes = self.slots.mode[slots]
         em = modes == MODE_EM_INF
@@ -431,9 +437,12 @@ class EMInfLogitsProcessor(ClassicLogitsProcessor, V2LogitsProcessor):
             self._run_chunks(logits, rows[pick], slots[pick], int(value))
         pick = np.flatnonzero(modes == MODE_ADAPTIVE)
         if pick.size:
-            self._run_chunks(logits, rows[pick], slots[pick], None)
+            calls = -(-pick.size // _MAX_ROWS_PER_CALL)
+            self._run_chunks(logits, rows[pick], slots[pick], None, exit_checks=self._sync_budget // calls)
 
-    def _run_chunks(self, logits: torch.Tensor, rows: np.ndarray, slots: np.ndarray, steps: int | None):
+    def _run_chunks(
+        self, logits: torch.Tensor, rows: np.ndarray, slots: np.ndarray, steps: int | None, exit_checks=0
+    ) -> None:
         table, device = self.slots, logits.device
         for start in range(0, rows.size, _MAX_ROWS_PER_CALL):
             part_rows = rows[start : start + _MAX_ROWS_PER_CALL]
@@ -456,7 +465,10 @@ class EMInfLogitsProcessor(ClassicLogitsProcessor, V2LogitsProcessor):
                 out = self._em_inf(chunk, steps, column(table.lr), column(table.threshold),
                                    column(table.kl_weight), result)  # fmt: skip
             else:
-                out = self._adaptive(chunk, column(table.alpha), column(table.delta))
+                out = adaptive_temperature(
+                    chunk, alpha=column(table.alpha), delta=column(table.delta), early_exit=False,
+                    invalid_params="skip", exit_checks=exit_checks,
+                )  # fmt: skip
             if contiguous:
                 chunk.copy_(out)
             else:
@@ -467,10 +479,6 @@ class EMInfLogitsProcessor(ClassicLogitsProcessor, V2LogitsProcessor):
             chunk, steps=steps, lr=lr, threshold=threshold, kl_weight=kl_weight, workspace=self.workspace,
             max_steps=self.max_steps, early_exit=False, invalid_params="skip", out=out,
         )  # fmt: skip
-
-    @staticmethod
-    def _adaptive(chunk, alpha, delta) -> torch.Tensor:
-        return adaptive_temperature(chunk, alpha=alpha, delta=delta, early_exit=False, invalid_params="skip")
 
     def _process_expanded(self, logits: torch.Tensor, ctx: LogitsContext, wanted: np.ndarray) -> None:
         """V2 with several rows per request: per-row settings gathered on the device, all rows processed.
@@ -534,10 +542,12 @@ class EMInfLogitsProcessor(ClassicLogitsProcessor, V2LogitsProcessor):
             return logits
         try:
             if ctx is None:  # classic: row i is batch index i
+                self._sync_budget = SYNC_BUDGET["classic"]
                 rows = np.flatnonzero(self.slots.mode[: logits.shape[0]])
                 if rows.size:
                     self._process_rows(logits, rows, rows)
                 return logits
+            self._sync_budget = SYNC_BUDGET["v2"]
             # V2: rows are reordered every step; skip requests whose row is a prefill chunk (vLLM discards
             # its token), known on the host from the visible length bound and the prefill length.
             slots = ctx.idx_mapping_np

@@ -24,8 +24,9 @@ raise ``ValueError`` in ``validate_params`` at admission (HTTP 400 naming the ke
 request to a classic-runner server with speculative decoding, where vLLM drops custom processors. In the
 worker, nothing raises: a row that somehow holds invalid settings is left unadjusted and logged once.
 
-Per decode step the processor reads nothing back from the device: rows are chosen on the host (the
-classic batch index, V2's ``idx_mapping_np``), every row runs its step count with masks instead of
+Per decode step the processor reads nothing back from the device under Model Runner V2, and at most two
+flags on the classic runner (to stop adaptive-temperature bisection early): rows are chosen on the host
+(the classic batch index, V2's ``idx_mapping_np``), every row runs its step count with masks instead of
 per-step early-exit checks, and under V2 speculative decoding per-row settings are gathered on the
 device. V2 rows that are prefill chunks (their token is discarded) are skipped. Its workspace is
 allocated at start-up (``EMREASON_EM_INF_RESERVE=0``: on first use). The processor is not

@@ -358,8 +358,6 @@ class EMInfLogitsProcessor(ClassicLogitsProcessor, V2LogitsProcessor):
         self.workspace = EMInfWorkspace()
         self._staging: torch.Tensor | None = None
         self.reserved_bytes = 0
-        if vocab and os.environ.get(RESERVE_ENV, "1").strip() != "0":
-            self._reserve(min(rows, _MAX_ROWS_PER_CALL), int(vocab))
         # The entry point loads this class for every engine; `--logits-processors` / `LLM(logits_processors=)`
         # may load it (or a configured subclass) again. vLLM builds user classes after entry points, so the
         # newest instance for an engine config serves and the earlier ones stand down: EM-INF runs once.
@@ -369,6 +367,8 @@ class EMInfLogitsProcessor(ClassicLogitsProcessor, V2LogitsProcessor):
             other.active = False
             other._release()
         _INSTANCES.setdefault(id(vllm_config), weakref.WeakSet()).add(self)
+        if vocab and os.environ.get(RESERVE_ENV, "1").strip() != "0":  # after the others released theirs
+            self._reserve(min(rows, _MAX_ROWS_PER_CALL), int(vocab))
 
     def _reserve(self, rows: int, vocab: int) -> None:
         """Allocate the whole working set now, so vLLM's start-up memory profile counts it."""

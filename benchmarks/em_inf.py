@@ -3,12 +3,16 @@
     python benchmarks/em_inf.py                    # CPU, B in {1, 8, 64}, V = 151,936, plus the server part
     python benchmarks/em_inf.py --device cuda --no-server
     python benchmarks/em_inf.py --output benchmarks/results/em_inf.json
+    .venv-vllm/bin/python benchmarks/em_inf.py --no-core --no-server --vllm-processor   # vLLM section
 
 Prints one JSON object. ``processor``: per batch size, the median wall time of one ``minimize_entropy``
 call with every row doing all ``steps`` Adam steps (threshold 0: the worst case), of one softmax over the
 same ``[B, V]`` float32 tensor, and their ratio, overall and per Adam step (goal: <= 3 softmax-equivalents
 per step). ``server``: generated tokens/s of a vLLM server (``.venv-vllm``, toy model) for the same
-concurrent requests without and with ``em_inf``, and the slowdown.
+concurrent requests without and with ``em_inf``, and the slowdown. ``vllm_processor`` (only with
+``--vllm-processor``, inside ``.venv-vllm``): the vLLM processor's ``apply`` per decode step on both runner
+interfaces (hand-made classic batch / V2 context) for a mixed batch (off, EM-INF defaults, adaptive
+temperature, EM-INF 10 steps, in turn) and an all-EM-INF batch, wall and CPU-time medians.
 """
 
 from __future__ import annotations
@@ -38,10 +42,11 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def median_seconds(fn, device: torch.device, repeats: int, warmup: int = 2) -> float:
+def median_seconds(fn, device: torch.device, repeats: int, warmup: int = 2, clock=None) -> float:
     """Median time of ``fn()``: CPU time of this process on CPU (robust to a shared, busy machine), wall
-    time with synchronization on GPUs."""
-    clock = time.process_time if device.type == "cpu" else time.perf_counter
+    time with synchronization on GPUs (or ``clock`` when given)."""
+    if clock is None:
+        clock = time.process_time if device.type == "cpu" else time.perf_counter
     for _ in range(warmup):
         fn()
     _sync(device)
@@ -79,6 +84,73 @@ def bench_processor(
                 "softmax_equivalents_per_adam_step": round(em_s / softmax_s / steps, 2),
             }
         )
+    return rows
+
+
+def _vllm_requests(kind: str, batch: int):
+    from vllm import SamplingParams
+
+    cycle = {
+        "mixed": [None, {"em_inf": 1}, {"adaptive_temperature": 1}, {"em_inf": 1, "em_inf_steps": 10}],
+        "all_em_inf": [{"em_inf": 1}],
+    }[kind]
+    return [SamplingParams(temperature=1.0, extra_args=cycle[i % len(cycle)]) for i in range(batch)]
+
+
+def bench_vllm_processor(batch_sizes: list[int], vocab: int, device: torch.device, repeats: int) -> list:
+    """Per-decode-step time of ``EMInfLogitsProcessor.apply`` on both runner interfaces."""
+    from types import SimpleNamespace
+
+    import numpy as np
+    from vllm.v1.sample.logits_processor import BatchUpdate
+    from vllm.v1.worker.gpu.sample.logits_processor import LogitsContext, LogitsProcRequestState
+
+    from emreason.integrations.vllm import EMInfLogitsProcessor
+
+    rows = []
+    for batch in batch_sizes:
+
+        def engine_config(batch=batch):  # one per processor: a second one per engine stands the first down
+            scheduler = SimpleNamespace(max_num_seqs=batch)
+            return SimpleNamespace(scheduler_config=scheduler, model_config=None, speculative_config=None)
+
+        gen = torch.Generator(device="cpu").manual_seed(batch)
+        logits = (torch.randn(batch, vocab, generator=gen) * 3).to(device)
+        for kind in ("mixed", "all_em_inf"):
+            requests = _vllm_requests(kind, batch)
+            classic = EMInfLogitsProcessor(engine_config(), device, False)
+            classic.update_state(BatchUpdate(batch, [], [(i, r, [], []) for i, r in enumerate(requests)], []))
+            state = LogitsProcRequestState(
+                device=device, max_num_reqs=batch, vocab_size=vocab, all_token_ids=None,
+                prompt_len=None, prefill_len=None, total_len=None,
+            )  # fmt: skip
+            v2 = EMInfLogitsProcessor(engine_config(), state)
+            for i, r in enumerate(requests):
+                v2.add_request(i, r)
+            slots = np.arange(batch, dtype=np.int32)
+            ctx = LogitsContext(
+                expanded_idx_mapping=torch.from_numpy(slots).to(device),
+                idx_mapping=torch.from_numpy(slots).to(device),
+                idx_mapping_np=slots,
+                expanded_local_pos=torch.zeros(batch, dtype=torch.int32, device=device),
+                input_ids=torch.zeros(batch, dtype=torch.int32, device=device),
+                pos=torch.zeros(batch, dtype=torch.int64, device=device),
+                seq_lens_upper_bound_np=np.full(batch, 1 << 20, dtype=np.int32),
+            )
+            for runner, call in (
+                ("classic", lambda p=classic, x=logits: p.apply(x.clone())),
+                ("v2", lambda p=v2, x=logits, c=ctx: p.apply(x.clone(), c)),
+            ):
+                with torch.inference_mode():
+                    cpu_s = median_seconds(call, device, repeats)
+                    wall_s = median_seconds(call, device, repeats, clock=time.perf_counter)
+                rows.append(
+                    {
+                        "runner": runner, "batch": batch, "vocab": vocab, "requests": kind,
+                        "repeats": repeats, "median_ms": round(wall_s * 1e3, 2),
+                        "median_cpu_ms": round(cpu_s * 1e3, 2),
+                    }
+                )  # fmt: skip
     return rows
 
 
@@ -165,6 +237,8 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--steps", type=int, default=EMInfConfig().steps)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--repeats", type=int, default=7)
+    parser.add_argument("--core", action=argparse.BooleanOptionalAction, default=True)
+    parser.add_argument("--vllm-processor", action=argparse.BooleanOptionalAction, default=False)
     parser.add_argument("--server", action=argparse.BooleanOptionalAction, default=True)
     parser.add_argument("--venv", type=Path, default=REPO / ".venv-vllm")
     parser.add_argument("--requests", type=int, default=8)
@@ -180,8 +254,11 @@ def main(argv: list[str] | None = None) -> dict:
     result = {
         "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
         "torch_threads": torch.get_num_threads(),
-        "processor": bench_processor(args.batch_sizes, args.vocab, device, args.repeats, args.steps),
     }
+    if args.core:
+        result["processor"] = bench_processor(args.batch_sizes, args.vocab, device, args.repeats, args.steps)
+    if args.vllm_processor:
+        result["vllm_processor"] = bench_vllm_processor(args.batch_sizes, args.vocab, device, args.repeats)
     if args.server:
         venv_python = args.venv / "bin" / "python"
         if not venv_python.is_file():

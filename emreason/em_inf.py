@@ -40,6 +40,8 @@ __all__ = [
     "adaptive_temperature",
     "valid_rows",
     "EMInfWorkspace",
+    "bisection_iterations",
+    "CHECK_EVERY",
 ]
 
 _BETA1 = 0.9
@@ -132,18 +134,42 @@ def _per_row(value, name: str, batch: int, dtype: torch.dtype, device: torch.dev
     Python scalars are checked on the host, so the common case costs no device synchronisation per
     decoding step; tensors get one fused check.
     """
+    tensor, _ = _per_row_checked(value, name, batch, dtype, device, skip=False)
+    return tensor
+
+
+def _per_row_checked(
+    value, name: str, batch: int, dtype: torch.dtype, device: torch.device, *, skip: bool
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """`_per_row`, or with ``skip`` no check on the host: ``(tensor, ok)`` where ``ok`` is a ``[B]`` bool
+    tensor of the rows whose value is finite and >= 0 (None: all are), and bad values are replaced by 0
+    so they cannot leak NaN into the arithmetic of the other rows' buffers."""
     if isinstance(value, (int, float)) and not isinstance(value, bool):
-        if not (math.isfinite(value) and value >= 0):
+        good = math.isfinite(value) and value >= 0
+        if not good and not skip:
             raise ValueError(f"{name} must be finite and >= 0 in every row, got {value}")
-        return torch.full((batch,), float(value), dtype=dtype, device=device)
+        tensor = torch.full((batch,), float(value) if good else 0.0, dtype=dtype, device=device)
+        return tensor, None if good else torch.zeros(batch, dtype=torch.bool, device=device)
     tensor = torch.as_tensor(value, dtype=dtype, device=device)
     if tensor.ndim == 0:
         tensor = tensor.expand(batch)
     if tensor.shape != (batch,):
         raise ValueError(f"{name} must be a scalar or have shape [{batch}], got shape {tuple(tensor.shape)}")
-    if not bool((torch.isfinite(tensor) & (tensor >= 0)).all()):
-        raise ValueError(f"{name} must be finite and >= 0 in every row, got {tensor.tolist()}")
-    return tensor
+    good = torch.isfinite(tensor) & (tensor >= 0)
+    if not skip:
+        if not bool(good.all()):
+            raise ValueError(f"{name} must be finite and >= 0 in every row, got {tensor.tolist()}")
+        return tensor, None
+    return torch.where(good, tensor, torch.zeros((), dtype=dtype, device=device)), good
+
+
+def _all_ok(masks) -> torch.Tensor | None:
+    """AND of the non-None ``[B]`` masks (None when there are none)."""
+    out = None
+    for mask in masks:
+        if mask is not None:
+            out = mask if out is None else out & mask
+    return out
 
 
 def _check_logits(logits) -> None:
@@ -165,6 +191,10 @@ def minimize_entropy(
     threshold: float | torch.Tensor | None = None,
     kl_weight: float | torch.Tensor | None = None,
     workspace: EMInfWorkspace | None = None,
+    max_steps: int | None = None,
+    early_exit: bool = True,
+    invalid_params: str = "raise",
+    out: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """EM-INF on a batch of next-token logits, each row with its own parameters.
 
@@ -175,37 +205,84 @@ def minimize_entropy(
             ``steps == 0`` leaves a row untouched.
         workspace: scratch memory to reuse across calls (as the integrations do, one per processor);
             saves re-faulting five fresh ``[B, V]`` buffers into memory at every decoding step.
+        max_steps: a host-side bound on every row's steps (rows asking more run ``max_steps``). Without
+            it, per-row ``steps`` given as a tensor cost one device-to-host read of their maximum.
+        early_exit: stop the loop as soon as every row has stopped, which reads a flag back from the
+            device once per step and, for ``-inf`` masks and broken rows, once per call. ``False`` runs
+            the full step count with masks instead and reads nothing back from the device: the call never
+            synchronises (what a serving engine wants); results are the same.
+        invalid_params: ``"raise"`` (ValueError naming the parameter) or ``"skip"``: a row whose parameter
+            is NaN, infinite or negative, or whose result is not finite, is returned unchanged (upcast);
+            nothing is checked on the host.
+        out: optional ``[B, V]`` tensor of the result dtype to write the result into (not ``logits``).
 
     Returns:
-        ``[B, V]`` optimized logits, float32 (float64 for float64 input), a new tensor. Masked entries are
-        still ``-inf``; rows with NaN / ``+inf`` / only ``-inf`` are returned as they came (upcast).
+        ``[B, V]`` optimized logits, float32 (float64 for float64 input): ``out``, or a new tensor. Masked
+        entries are still ``-inf``; rows with NaN / ``+inf`` / only ``-inf`` are returned as they came
+        (upcast).
 
     Memory: the returned ``[B, V]`` tensor plus five ``[B, V]`` workspace buffers (p0, Adam's two moments,
-    two scratch); the loop allocates only ``[B]``-sized tensors. It exits as soon as every row has stopped.
+    two scratch), and with ``early_exit=False`` a ``[B, V]`` bool mask; the loop allocates only
+    ``[B]``-sized tensors.
     """
     _check_logits(logits)
+    if invalid_params not in ("raise", "skip"):
+        raise ValueError(f"invalid_params must be 'raise' or 'skip', got {invalid_params!r}")
+    if max_steps is not None and (
+        isinstance(max_steps, bool) or not isinstance(max_steps, int) or max_steps < 0
+    ):
+        raise ValueError(f"max_steps must be an int >= 0, got {max_steps!r}")
+    skip = invalid_params == "skip"
     config = config or EMInfConfig()
     batch, _ = logits.shape
     dtype = torch.float64 if logits.dtype == torch.float64 else torch.float32
     device = logits.device
     steps_value = config.steps if steps is None else steps
-    steps_t = _per_row(steps_value, "steps", batch, dtype, device)
-    lr_t = _per_row(config.lr if lr is None else lr, "lr", batch, dtype, device)
-    threshold_t = _per_row(
-        config.threshold if threshold is None else threshold, "threshold", batch, dtype, device
-    )
-    kl_t = _per_row(config.kl_weight if kl_weight is None else kl_weight, "kl_weight", batch, dtype, device)
+    checked = [
+        _per_row_checked(value, name, batch, dtype, device, skip=skip)
+        for name, value in (
+            ("steps", steps_value),
+            ("lr", config.lr if lr is None else lr),
+            ("threshold", config.threshold if threshold is None else threshold),
+            ("kl_weight", config.kl_weight if kl_weight is None else kl_weight),
+        )
+    ]
+    (steps_t, _), (lr_t, _), (threshold_t, _), (kl_t, _) = checked
+    params_ok = _all_ok(ok for _, ok in checked)
 
-    z = logits.to(dtype=dtype, copy=True)
-    if not batch:
-        max_steps = 0
-    elif isinstance(steps_value, int):
-        max_steps = steps_value  # known on the host: no device sync
+    if out is None:
+        z = logits.to(dtype=dtype, copy=True)
     else:
-        max_steps = int(steps_t.max().item())
-    if max_steps == 0:
+        if out.shape != logits.shape or out.dtype != dtype or out.device != device:
+            raise ValueError(
+                f"out must be a {dtype} tensor of shape {tuple(logits.shape)} on {device}, got "
+                f"{out.dtype} {tuple(out.shape)} on {out.device}"
+            )
+        if out.data_ptr() == logits.data_ptr():
+            raise ValueError("out must not be logits itself: broken rows are restored from logits")
+        z = out.copy_(logits)
+    if isinstance(steps_value, int) and not isinstance(steps_value, bool):
+        host_steps = steps_value if steps_value >= 0 else 0  # known on the host: no device sync
+        run_steps = host_steps if max_steps is None else min(host_steps, max_steps)
+    elif max_steps is not None:
+        run_steps = max_steps
+    else:
+        run_steps = int(steps_t.max().item()) if batch else 0
+    if not batch or run_steps == 0:
         return z
+    if early_exit:
+        _minimize_early_exit(z, logits, steps_t, lr_t, threshold_t, kl_t, params_ok, run_steps, workspace)
+    else:
+        _minimize_fixed(z, logits, steps_t, lr_t, threshold_t, kl_t, params_ok, run_steps, workspace, skip)
+    return z
+
+
+def _minimize_early_exit(z, logits, steps_t, lr_t, threshold_t, kl_t, params_ok, run_steps, workspace):
+    """The loop with host-side shortcuts: skips mask passes when nothing is masked, stops when all stop."""
+    dtype = z.dtype
     ok = valid_rows(z)
+    if params_ok is not None:
+        ok &= params_ok
     # Masked (-inf) tokens get a huge finite logit while optimizing: their probability is still exactly 0,
     # but p * log p and the gradient are exact zeros instead of 0 * -inf = NaN, with no per-step masking.
     masked = torch.isneginf(z)
@@ -216,18 +293,48 @@ def minimize_entropy(
     all_ok = bool(ok.all())
     if not all_ok:
         z[~ok] = floor
+    _adam_loop(z, steps_t, lr_t, threshold_t, kl_t, ok, run_steps, workspace, early_exit=True)
+    if any_masked:
+        z.masked_fill_(masked, float("-inf"))
+    if params_ok is not None:  # "skip": a row whose result is not finite comes back unchanged
+        ok &= valid_rows(z)
+        all_ok = bool(ok.all())
+    if not all_ok:
+        bad = ~ok
+        z[bad] = logits[bad].to(dtype)
 
+
+def _minimize_fixed(z, logits, steps_t, lr_t, threshold_t, kl_t, params_ok, run_steps, workspace, skip):
+    """The same computation with masks only: no value is read back from the device."""
+    dtype = z.dtype
+    ok = valid_rows(z)
+    if params_ok is not None:
+        ok &= params_ok
+    masked = torch.isneginf(z)
+    floor = torch.finfo(dtype).min / 4
+    z.masked_fill_(masked, floor)
+    ok_col = ok.unsqueeze(-1)
+    z.masked_fill_(~ok_col, floor)  # a constant row: harmless arithmetic, restored below
+    _adam_loop(z, steps_t, lr_t, threshold_t, kl_t, ok, run_steps, workspace, early_exit=False)
+    z.masked_fill_(masked, float("-inf"))
+    if skip:
+        ok_col = (ok & valid_rows(z)).unsqueeze(-1)
+    torch.where(ok_col, z, logits.to(dtype), out=z)
+
+
+def _adam_loop(z, steps_t, lr_t, threshold_t, kl_t, ok, run_steps, workspace, *, early_exit: bool) -> None:
+    """Up to ``run_steps`` closed-form Adam steps on ``z`` in place; rows outside ``ok`` never move."""
     workspace = workspace if workspace is not None else EMInfWorkspace()
     # log_p: log p, then p log p, then the negated gradient; p: p, then Adam's normalized update;
     # exp_avg tracks the NEGATED gradient's first moment.
-    log_p, p, p0, exp_avg, exp_avg_sq = workspace.buffers(z.shape, dtype, device)
+    log_p, p, p0, exp_avg, exp_avg_sq = workspace.buffers(z.shape, z.dtype, z.device)
     torch.log_softmax(z, dim=-1, out=log_p)
     torch.exp(log_p, out=p0)
     exp_avg.zero_()
     exp_avg_sq.zero_()
     kl_col = kl_t.unsqueeze(-1)
     active = ok.clone()
-    for step in range(max_steps):
+    for step in range(run_steps):
         if step == 0:
             p.copy_(p0)  # z has not moved yet
         else:
@@ -239,7 +346,7 @@ def minimize_entropy(
         entropy = -p_log_p.sum(-1)
         # Rows stop for good: the first time H < threshold (authors' `break`) or their step budget runs out.
         active &= (entropy >= threshold_t) & (step < steps_t)
-        if not bool(active.any()):
+        if early_exit and not bool(active.any()):
             break
         # -grad = p log p + p * (H - kl_weight) + kl_weight * p0, built in place in the log_p buffer.
         neg_grad = p_log_p.addcmul_(p, (entropy - kl_t).unsqueeze(-1)).addcmul_(p0, kl_col)
@@ -253,13 +360,6 @@ def minimize_entropy(
         torch.div(exp_avg, update, out=update)
         scale = lr_t * (sqrt_bc2 / (1 - _BETA1**t)) * active
         z.addcmul_(update, scale.unsqueeze(-1))  # + because the moments track the negated gradient
-
-    if any_masked:
-        z.masked_fill_(masked, float("-inf"))
-    if not all_ok:
-        bad = ~ok
-        z[bad] = logits[bad].to(dtype)
-    return z
 
 
 @dataclass(frozen=True)
@@ -305,6 +405,9 @@ def adaptive_temperature(
     alpha: float | torch.Tensor | None = None,
     delta: float | torch.Tensor | None = None,
     return_tau: bool = False,
+    early_exit: bool = True,
+    invalid_params: str = "raise",
+    exit_checks: int = 0,
 ):
     """Batched Algorithm 1: per-row bisection on the temperature toward a target entropy.
 
@@ -313,6 +416,14 @@ def adaptive_temperature(
         config: ``AdaptiveTemperatureConfig()`` when None.
         alpha, delta: optional per-row overrides of ``config.alpha`` / ``config.delta`` (scalar or ``[B]``).
         return_tau: also return the ``[B]`` temperatures used.
+        early_exit: stop bisecting once every row has converged (one device-to-host read per
+            iteration). ``False`` runs `bisection_iterations` iterations and reads nothing back; the
+            result is the same, because by then every row's bracket has shrunk to one float.
+        exit_checks: with ``early_exit=False``, allow this many device-to-host reads: after every
+            `CHECK_EVERY` iterations (at most ``exit_checks`` times) stop if no row is still searching.
+            Same result; most rows converge within 8 iterations, so one check saves most of the fixed cost.
+        invalid_params: ``"raise"`` (ValueError) or ``"skip"``: a row whose alpha is outside (0, 1] or
+            whose delta is NaN, infinite or negative gets ``tau = 1``, with no check on the host.
 
     Returns:
         ``z / tau`` as ``[B, V]`` float32 (float64 for float64 input), and ``tau`` when asked. Rows with
@@ -320,15 +431,27 @@ def adaptive_temperature(
         code, a row that never meets ``tol`` ends at the last midpoint tried.
     """
     _check_logits(logits)
+    if invalid_params not in ("raise", "skip"):
+        raise ValueError(f"invalid_params must be 'raise' or 'skip', got {invalid_params!r}")
+    skip = invalid_params == "skip"
     config = config or AdaptiveTemperatureConfig()
     dtype = torch.float64 if logits.dtype == torch.float64 else torch.float32
     z = logits.to(dtype)
     ok = valid_rows(z)
     safe = torch.where(ok.unsqueeze(-1), z, torch.zeros((), dtype=dtype, device=z.device))
     batch = z.shape[0]
-    alpha_t = _per_row(config.alpha if alpha is None else alpha, "alpha", batch, dtype, z.device)
-    delta_t = _per_row(config.delta if delta is None else delta, "delta", batch, dtype, z.device)
-    if ((alpha_t <= 0) | (alpha_t > 1)).any():
+    alpha_value = config.alpha if alpha is None else alpha
+    alpha_t, alpha_ok = _per_row_checked(alpha_value, "alpha", batch, dtype, z.device, skip=skip)
+    delta_t, delta_ok = _per_row_checked(
+        config.delta if delta is None else delta, "delta", batch, dtype, z.device, skip=skip
+    )
+    in_range = (alpha_t > 0) & (alpha_t <= 1)
+    if skip:
+        ok = _all_ok((ok, alpha_ok, delta_ok, in_range))
+    elif isinstance(alpha_value, (int, float)):
+        if not 0 < alpha_value <= 1:  # host scalar: no device read
+            raise ValueError(f"alpha must be in (0, 1] in every row, got {alpha_value}")
+    elif not bool(in_range.all()):
         raise ValueError(f"alpha must be in (0, 1] in every row, got {alpha_t.tolist()}")
     h0 = token_entropy(safe)
     target = torch.maximum(alpha_t * h0, delta_t)
@@ -336,8 +459,14 @@ def adaptive_temperature(
     tau = torch.ones_like(h0)
     low = torch.full_like(h0, config.tau_min)
     high = torch.full_like(h0, config.tau_max)
-    for _ in range(config.max_iter):
-        if not bool(searching.any()):
+    iterations = config.max_iter if early_exit else min(config.max_iter, bisection_iterations(config, dtype))
+    if isinstance(exit_checks, bool) or not isinstance(exit_checks, int) or exit_checks < 0:
+        raise ValueError(f"exit_checks must be an int >= 0, got {exit_checks!r}")
+    for i in range(iterations):
+        if early_exit:
+            if not bool(searching.any()):
+                break
+        elif i and i % CHECK_EVERY == 0 and i // CHECK_EVERY <= exit_checks and not bool(searching.any()):
             break
         mid = (low + high) / 2
         tau = torch.where(searching, mid, tau)
@@ -349,3 +478,18 @@ def adaptive_temperature(
         searching &= ~converged
     out = z / tau.unsqueeze(-1)
     return (out, tau) if return_tau else out
+
+
+CHECK_EVERY = 8  # adaptive_temperature(exit_checks=k): iterations between its host-side checks
+
+
+def bisection_iterations(config: AdaptiveTemperatureConfig, dtype: torch.dtype = torch.float32) -> int:
+    """Iterations after which `adaptive_temperature`'s bisection can no longer change any row.
+
+    Each iteration halves a searching row's bracket ``[low, high]`` (from ``tau_max - tau_min``); once it
+    is narrower than one unit in the last place of ``tau_min`` the midpoint rounds to ``low`` or ``high``
+    and every later iteration repeats the same midpoint, entropy and decision. Two more iterations cover
+    the rounding of the midpoints on the way. About 32 for float32 and the default bracket.
+    """
+    ulp = torch.finfo(dtype).eps * config.tau_min / 2
+    return math.ceil(math.log2((config.tau_max - config.tau_min) / ulp)) + 2

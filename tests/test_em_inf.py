@@ -223,3 +223,114 @@ def test_adaptive_temperature_masks_broken_rows_and_validation():
     for bad in ({"alpha": 0.0}, {"tau_min": 2.0}, {"tol": 0.0}, {"max_iter": 0}, {"delta": -1.0}):
         with pytest.raises(ValueError, match=next(iter(bad))):
             AdaptiveTemperatureConfig(**bad)
+
+
+def mixed_batch(dtype: torch.dtype = torch.float64) -> tuple[torch.Tensor, dict]:
+    """Rows of every kind (masked, NaN, +inf, all -inf, plain) and per-row parameters."""
+    logits = random_logits(8, 97, dtype, seed=5)
+    logits[1, :30] = float("-inf")
+    logits[2, 4] = float("nan")
+    logits[3, 7] = float("inf")
+    logits[4] = float("-inf")
+    params = {
+        "steps": torch.tensor([3, 15, 2, 5, 4, 0, 9, 15]),
+        "lr": torch.tensor([0.1, 0.3, 0.1, 0.1, 0.1, 0.1, 0.05, 0.2], dtype=dtype),
+        "threshold": torch.tensor([0.3, 0.0, 0.1, 0.1, 0.1, 0.1, 1.0, 0.0], dtype=dtype),
+        "kl_weight": torch.tensor([0.05, 0.0, 0.1, 0.1, 0.1, 0.1, 0.2, 0.5], dtype=dtype),
+    }
+    return logits, params
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_fixed_step_count_matches_early_exit(dtype):
+    """early_exit=False (masks, no reads from the device) and max_steps give the same result."""
+    logits, params = mixed_batch(dtype)
+    expected = minimize_entropy(logits, **params)
+    fixed = minimize_entropy(logits, **params, early_exit=False, max_steps=15)
+    torch.testing.assert_close(fixed, expected, rtol=0, atol=0, equal_nan=True)
+    # A bound below some rows' steps truncates them, like asking fewer steps.
+    truncated = minimize_entropy(logits, **params, max_steps=2, early_exit=False)
+    expected_2 = minimize_entropy(logits, **{**params, "steps": params["steps"].clamp(max=2)})
+    torch.testing.assert_close(truncated, expected_2, rtol=0, atol=0, equal_nan=True)
+    out = torch.empty_like(expected)
+    assert minimize_entropy(logits, **params, out=out) is out
+    torch.testing.assert_close(out, expected, rtol=0, atol=0, equal_nan=True)
+    with pytest.raises(ValueError, match="out must not be logits"):
+        minimize_entropy(expected, out=expected)
+    with pytest.raises(ValueError, match="max_steps"):
+        minimize_entropy(logits, max_steps=-1)
+
+
+@pytest.mark.parametrize("early_exit", [True, False])
+def test_skip_leaves_rows_with_invalid_parameters_unchanged(early_exit):
+    logits, params = mixed_batch(torch.float32)
+    good = minimize_entropy(logits, **params)
+    bad = {k: v.clone() for k, v in params.items()}
+    bad["lr"][0] = float("inf")
+    bad["threshold"][6] = float("nan")
+    bad["kl_weight"][7] = -1.0
+    bad["steps"][1] = float("nan") if bad["steps"].is_floating_point() else -4
+    with pytest.raises(ValueError, match="steps must be finite and >= 0"):
+        minimize_entropy(logits, **bad)
+    out = minimize_entropy(logits, **bad, invalid_params="skip", early_exit=early_exit, max_steps=15)
+    for row in (0, 1, 6, 7):
+        torch.testing.assert_close(out[row], logits[row], rtol=0, atol=0, equal_nan=True)
+    for row in (2, 3, 4, 5):  # the other rows are as without the bad ones
+        torch.testing.assert_close(out[row], good[row], rtol=0, atol=0, equal_nan=True)
+    # The largest float32 learning rate still gives finite logits (an extreme but valid result).
+    huge = minimize_entropy(
+        logits[:1], steps=5, lr=3e38, threshold=0.0, invalid_params="skip", early_exit=early_exit
+    )
+    assert torch.isfinite(huge).all()
+    # Bad scalars skip every row instead of raising.
+    torch.testing.assert_close(
+        minimize_entropy(logits, lr=float("nan"), invalid_params="skip"),
+        logits,
+        rtol=0,
+        atol=0,
+        equal_nan=True,
+    )
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_adaptive_temperature_fixed_iterations_match_early_exit(dtype):
+    from emreason.em_inf import bisection_iterations
+
+    logits = random_logits(16, 97, dtype, seed=9)
+    logits[3, :50] = float("-inf")
+    logits[5, 2] = float("nan")
+    alpha = torch.linspace(0.05, 1.0, 16, dtype=dtype)
+    # tol=1e-9 never converges, so every row bisects until its bracket is one float wide.
+    for config in (AdaptiveTemperatureConfig(), AdaptiveTemperatureConfig(tol=1e-9, max_iter=200)):
+        expected, tau = adaptive_temperature(logits, config, alpha=alpha, return_tau=True)
+        fixed, tau_fixed = adaptive_temperature(
+            logits, config, alpha=alpha, return_tau=True, early_exit=False
+        )
+        torch.testing.assert_close(tau_fixed, tau, rtol=0, atol=0)
+        torch.testing.assert_close(fixed, expected, rtol=0, atol=0, equal_nan=True)
+    assert bisection_iterations(AdaptiveTemperatureConfig(), torch.float32) < 40
+    bad_alpha = alpha.clone()
+    bad_alpha[0], bad_alpha[1] = 1.5, float("nan")
+    with pytest.raises(ValueError, match="alpha"):
+        adaptive_temperature(logits, alpha=bad_alpha)
+    out, tau = adaptive_temperature(logits, alpha=bad_alpha, invalid_params="skip", return_tau=True)
+    assert tau[0] == 1 and tau[1] == 1
+    torch.testing.assert_close(
+        out[2:], adaptive_temperature(logits[2:], alpha=alpha[2:]), rtol=0, atol=0, equal_nan=True
+    )
+
+
+def test_no_reads_from_the_device_without_early_exit():
+    from emreason.integrations.host_syncs import count_host_syncs
+
+    logits, params = mixed_batch(torch.float32)
+    with count_host_syncs() as counter:
+        minimize_entropy(logits, **params, early_exit=False, max_steps=15, invalid_params="skip")
+        adaptive_temperature(logits, alpha=torch.full((8,), 0.3), early_exit=False, invalid_params="skip")
+    assert counter.count == 0, counter.calls
+    with count_host_syncs() as counter:
+        minimize_entropy(logits, **params)
+    assert counter.count > 3, counter.calls  # the counter sees the default path's reads
+    with count_host_syncs() as counter:  # at most the checks allowed
+        adaptive_temperature(logits, early_exit=False, exit_checks=2)
+    assert 1 <= counter.count <= 2, counter.calls

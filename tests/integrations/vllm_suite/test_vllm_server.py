@@ -1,8 +1,10 @@
-"""End to end: a real vLLM OpenAI server with the toy model and the EM-INF processor, and a plain one.
+"""End to end: real vLLM OpenAI servers with the toy model: with the EM-INF processor, plain, speculative.
 
-Runs inside ``.venv-vllm`` (driven by ``tests/integrations/test_vllm.py``). Both servers start once per
-module on free ports of 127.0.0.1 and are always stopped. The plain server has the ``em_inf`` entry point
-hidden (by a sitecustomize filter on ``importlib.metadata.entry_points``), so it really has no processor.
+Runs inside ``.venv-vllm`` (driven by ``tests/integrations/test_vllm.py``). The three servers start once
+per module, concurrently, on free ports of 127.0.0.1 and are always stopped. The plain server has the
+``em_inf`` entry point hidden (by a sitecustomize filter on ``importlib.metadata.entry_points``), so it
+really has no processor; the speculative one (n-gram drafts, classic runner) has only the entry point.
+Besides sampling checks, every out-of-range value from issue 17 must get HTTP 400 naming its key.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ import subprocess
 import sys
 import textwrap
 import time
+import urllib.error
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -70,7 +73,9 @@ def toy_model_dir(tmp: Path) -> Path:
 class Server:
     """``python -m vllm.entrypoints.openai.api_server`` in its own process group, logging to a file."""
 
-    def __init__(self, model: Path, log: Path, *, with_processor: bool, site_dir: Path) -> None:
+    def __init__(
+        self, model: Path, log: Path, *, with_processor: bool, site_dir: Path | None, extra: tuple = ()
+    ) -> None:
         self.port = free_port()
         self.log_path = log
         args = [
@@ -80,9 +85,10 @@ class Server:
             "--logprobs-mode", "processed_logprobs", "--max-logprobs", "-1", "--seed", "0",
         ]  # fmt: skip
         env = {**os.environ, "VLLM_CPU_KVCACHE_SPACE": "1", "TOKENIZERS_PARALLELISM": "false"}
+        args += list(extra)
         if with_processor:
             args += ["--logits-processors", "emreason.integrations.vllm:EMInfLogitsProcessor"]
-        else:
+        elif site_dir is not None:
             env["PYTHONPATH"] = os.pathsep.join([str(site_dir), env.get("PYTHONPATH", "")])
         self._log = open(log, "w")  # noqa: SIM115 (closed in stop())
         self.process = subprocess.Popen(
@@ -136,17 +142,24 @@ def servers(tmp_path_factory):
             started.append(
                 Server(model, tmp / f"{name}.log", with_processor=with_processor, site_dir=site_dir)
             )
+        # Speculative decoding (n-gram drafts) on the classic runner with only the entry point installed:
+        # vLLM drops custom processors there, so EM-INF requests must be refused, not silently served.
+        started.append(Server(model, tmp / "spec.log", with_processor=False, site_dir=None, extra=SPEC_ARGS))
         deadline = time.monotonic() + START_TIMEOUT_S
         for server in started:
             server.wait_ready(deadline)
         vocab = json.loads((model / "config.json").read_text())["vocab_size"]
-        yield {"em": started[0], "plain": started[1], "model": str(model), "vocab": vocab}
+        yield {"em": started[0], "plain": started[1], "spec": started[2], "model": str(model), "vocab": vocab}
     finally:
         for server in started:
             server.stop()
 
 
 PROMPTS = ["Q: 3+4*2=?", "Q: (7-2)*3=?", "Q: 9-4+1=?"]
+SPEC_ARGS = (
+    "--speculative-config",
+    json.dumps({"method": "ngram", "num_speculative_tokens": 2, "prompt_lookup_max": 2}),
+)
 
 
 def complete(server: Server, model: str, vocab: int, prompt: str, seed: int, xargs: dict | None):
@@ -234,3 +247,58 @@ def test_server_end_to_end(servers):
     # The server keeps serving after the rejected requests.
     text, _ = complete(em, model, vocab, PROMPTS[1], 5, {"em_inf": 1})
     assert isinstance(text, str) and em.process.poll() is None
+
+
+# What issue 17 found to crash (values that became inf or overflowed int64 in the worker) or to stall the
+# engine (unbounded steps): each must be a 400 naming its key, and the server must keep serving.
+OUT_OF_RANGE = [
+    ({"em_inf": 1, "em_inf_steps": 2**63}, "em_inf_steps"),
+    ({"em_inf": 1, "em_inf_steps": 2**64 - 1}, "em_inf_steps"),
+    ({"em_inf": 1, "em_inf_steps": 1e19}, "em_inf_steps"),
+    ({"em_inf": 1, "em_inf_steps": "1e30"}, "em_inf_steps"),
+    ({"em_inf": 1, "em_inf_steps": 10**12, "em_inf_threshold": 0}, "em_inf_steps"),
+    ({"em_inf": 1, "em_inf_steps": 101}, "em_inf_steps"),
+    ({"em_inf": 1, "em_inf_lr": 1e39}, "em_inf_lr"),
+    ({"em_inf": 1, "em_inf_threshold": 1e39}, "em_inf_threshold"),
+    ({"em_inf": 1, "em_inf_kl_weight": 1e39}, "em_inf_kl_weight"),
+    ({"em_inf": 1, "em_inf_kl_weight": "1e39"}, "em_inf_kl_weight"),
+    ({"adaptive_temperature": 1, "adaptive_temperature_delta": 1e39}, "adaptive_temperature_delta"),
+    ({"adaptive_temperature": 1, "adaptive_temperature_alpha": "nan"}, "adaptive_temperature_alpha"),
+]
+
+
+def post_completion(server: Server, model: str, xargs: dict) -> tuple[int, str]:
+    """POST /v1/completions with raw JSON (so integers beyond 64 bits and strings go through as sent)."""
+    body = {"model": model, "prompt": PROMPTS[0], "max_tokens": 4, "temperature": 1.0, "vllm_xargs": xargs}
+    request = urllib.request.Request(
+        f"http://127.0.0.1:{server.port}/v1/completions",
+        data=json.dumps(body).encode(),
+        headers={"Content-Type": "application/json"},
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=120) as response:
+            return response.status, response.read().decode()
+    except urllib.error.HTTPError as error:
+        return error.code, error.read().decode()
+
+
+def test_server_rejects_out_of_range_values_and_keeps_serving(servers):
+    em, model = servers["em"], servers["model"]
+    with ThreadPoolExecutor(max_workers=len(OUT_OF_RANGE)) as pool:
+        answers = list(pool.map(lambda case: post_completion(em, model, case[0]), OUT_OF_RANGE))
+    for (xargs, key), (status, text) in zip(OUT_OF_RANGE, answers):
+        assert status == 400, (xargs, status, text)
+        assert key in text, (xargs, text)
+    assert em.process.poll() is None, em.log_tail()
+    status, text = post_completion(em, model, {"em_inf": 1, "em_inf_steps": 100, "em_inf_threshold": 0})
+    assert status == 200 and json.loads(text)["choices"][0]["text"] is not None, text
+
+
+def test_speculative_decoding_on_the_classic_runner_refuses_em_inf(servers):
+    spec, model = servers["spec"], servers["model"]
+    for xargs, key in (({"em_inf": 1}, "em_inf=1"), ({"adaptive_temperature": 1}, "adaptive_temperature=1")):
+        status, text = post_completion(spec, model, xargs)
+        assert status == 400 and key in text and "speculative decoding" in text, (status, text)
+    for xargs in ({"em_inf": 0}, {}):
+        status, text = post_completion(spec, model, xargs)
+        assert status == 200, text

@@ -22,9 +22,9 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-from torch import nn
 
 from .conv import causal_conv_fft
+from .precision import Float32Tensors
 
 __all__ = ["LDS", "DistillationError", "distill_lds", "impulse_responses", "tail_energy"]
 
@@ -62,7 +62,7 @@ def _work_dtype(device: torch.device) -> torch.dtype:
     return torch.float32 if device.type == "mps" else torch.float64
 
 
-class LDS(nn.Module):
+class LDS(Float32Tensors):
     """A bank of ``D`` diagonal SISO linear dynamical systems sharing ``n`` real poles.
 
     Args:
@@ -71,8 +71,12 @@ class LDS(nn.Module):
         dtype: parameter/state dtype (float32 by default; the recurrence is stable in float32).
         error: optional :class:`DistillationError` describing how well the LDS matches its target.
 
-    Works for any batch size and device; ``poles`` and ``output`` are buffers (saved, not trained).
+    Works for any batch size and device; ``poles`` and ``output`` are buffers (saved, not trained). Casting
+    the module to bfloat16/float16 leaves them (and hence the state) in float32: inputs may be bf16, the
+    recurrence runs in float32 and outputs are returned in the input's dtype.
     """
+
+    _fp32_tensors = ("poles", "output")
 
     def __init__(
         self,

@@ -28,6 +28,7 @@ import torch.nn.functional as F
 from torch import nn
 from transformers import GenerationMixin, PreTrainedConfig, PreTrainedModel
 from transformers import initialization as init
+from transformers.activations import ACT2FN
 from transformers.cache_utils import Cache, DynamicCache
 from transformers.modeling_outputs import BaseModelOutputWithPast, CausalLMOutputWithPast
 
@@ -67,6 +68,8 @@ class SpectraLDSConfig(PreTrainedConfig):
             and their negations).
         num_attention_heads, sliding_window, rope_theta: attention settings.
         rms_norm_eps, initializer_range: usual meanings.
+        hidden_act: the MLP's gate activation (a ``transformers.activations.ACT2FN`` name): ``"silu"``
+            (SwiGLU, default) or ``"gelu_pytorch_tanh"`` (flash-stu-2's GeGLU, set by its importer).
     """
 
     model_type = "spectralds"
@@ -85,6 +88,7 @@ class SpectraLDSConfig(PreTrainedConfig):
     rope_theta: float = 10000.0
     rms_norm_eps: float = 1e-6
     initializer_range: float = 0.02
+    hidden_act: str = "silu"
     use_cache: bool = True
     tie_word_embeddings: bool = True
     pad_token_id: int | None = None
@@ -105,6 +109,8 @@ class SpectraLDSConfig(PreTrainedConfig):
             raise ValueError(f"unknown layer types {bad}; use {STU_LAYER!r}, {ATTENTION_LAYERS}")
         if self.lds_state_dim is not None and self.lds_state_dim <= 0:
             raise ValueError(f"lds_state_dim must be positive or None, got {self.lds_state_dim}")
+        if self.hidden_act not in ACT2FN:
+            raise ValueError(f"unknown hidden_act {self.hidden_act!r}; use a transformers ACT2FN name")
         if self.hidden_size % self.num_attention_heads:
             raise ValueError(
                 f"hidden_size={self.hidden_size} is not divisible by "
@@ -135,10 +141,11 @@ class MLP(nn.Module):
         super().__init__()
         self.gate_up = nn.Linear(config.hidden_size, 2 * config.intermediate_size, bias=False)
         self.down = nn.Linear(config.intermediate_size, config.hidden_size, bias=False)
+        self.act = ACT2FN[config.hidden_act]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         gate, up = self.gate_up(x).chunk(2, dim=-1)
-        return self.down(F.silu(gate) * up)
+        return self.down(self.act(gate) * up)
 
 
 def _rotate(x: torch.Tensor, positions: torch.Tensor, theta: float) -> torch.Tensor:

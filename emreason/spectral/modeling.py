@@ -218,6 +218,26 @@ class STUMixer(nn.Module):
             spectral_filters(config.filter_len, config.num_filters), dtype=torch.float32
         )
         self.stu = STU(config.hidden_size, filters, True, config.share_filter_projection)
+        self._decode_kernel: torch.Tensor | None = None
+        self._decode_kernel_key: tuple | None = None
+
+    def decode_kernel(self) -> torch.Tensor:
+        """The depthwise kernel as ``(d, L)``, oldest lag first (to dot with the conv state).
+
+        Forming it costs ``2 L K d`` flops, more than the decode dot product itself, so without grad it
+        is kept and reused until a weight changes (in-place updates bump ``_version``) or moves.
+        """
+        stu = self.stu
+        tensors = [stu.filters, stu.M_filters]
+        if not stu.share_filter_projection:
+            tensors.append(stu.M_filters_minus)
+        key = tuple((t.data_ptr(), t._version, t.dtype, t.device) for t in tensors)
+        if torch.is_grad_enabled():
+            return stu.depthwise_kernel().flip(0).T
+        if key != self._decode_kernel_key:
+            self._decode_kernel = stu.depthwise_kernel().flip(0).T.contiguous()
+            self._decode_kernel_key = key
+        return self._decode_kernel
 
     def forward(self, x: torch.Tensor, cache: Cache | None) -> torch.Tensor:
         """``x`` ``(B, T, d)`` with padded positions already zeroed (see :class:`Block`)."""
@@ -235,11 +255,12 @@ class STUMixer(nn.Module):
         history = cache.update_conv_state(
             u_proj.transpose(1, 2), self.layer_idx, conv_kernel_size=stu.seq_len
         )
-        kernel = stu.depthwise_kernel()
         seq_len = x.shape[1]
         if seq_len == 1:
+            kernel = self.decode_kernel()
             window = history[..., -stu.seq_len :].to(kernel.dtype)  # float32 even in a bf16 model
-            return torch.einsum("bdl,ld->bd", window, kernel.flip(0))[:, None, :].to(x.dtype)
+            return torch.einsum("bdl,dl->bd", window, kernel)[:, None, :].to(x.dtype)
+        kernel = stu.depthwise_kernel()
         padded = F.pad(kernel, (0, 0, 0, history.shape[-1] - kernel.shape[0]))
         return causal_conv_fft(history.transpose(1, 2), padded)[:, -seq_len:]
 

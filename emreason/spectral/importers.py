@@ -23,6 +23,7 @@ Their conventions, from their published forward passes, and how they map here:
 
 from __future__ import annotations
 
+import copy
 import json
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -43,6 +44,7 @@ __all__ = [
     "filter_lds_from_spectralds",
     "stu_from_spectralds",
     "lds_stu_from_spectralds",
+    "to_lds_with_spectralds",
     "from_flash_stu2",
 ]
 
@@ -187,6 +189,19 @@ def filter_lds_from_spectralds(
     ``their_filters``) is kept. Returns the LDS and ``{"plain_half": 0 or 1, "alignment": FilterAlignment}``.
     Its ``impulse_response`` can be compared with :func:`spectral_filters` directly.
     """
+    poles, plain, _, info = _spectralds_halves(source, their_filters)
+    return LDS(poles, plain, dtype=dtype), info
+
+
+def _spectralds_halves(
+    source: str | Path | Mapping[str, torch.Tensor],
+    their_filters: str | Path | np.ndarray | torch.Tensor,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, dict]:
+    """Poles, and the plain and alternating output halves ``(n, K)`` mapped to our filter order and signs.
+
+    The half whose impulse response matches ``their_filters`` is the plain one; the other must match
+    ``(-1)^t`` times them.
+    """
     theirs = _as_filters(their_filters)
     alignment = align_filters(theirs)
     poles, output = _spectralds_lds_parts(load_tensors(source))
@@ -198,11 +213,14 @@ def filter_lds_from_spectralds(
     misfit = [float(np.abs(response[:, h * k : (h + 1) * k] - theirs).max()) for h in (0, 1)]
     alt_misfit = [float(np.abs(response[:, h * k : (h + 1) * k] - sign * theirs).max()) for h in (0, 1)]
     plain = int(np.argmin(misfit))
-    if misfit[plain] > alt_misfit[plain]:
-        raise ValueError("neither half of the LDS outputs matches the given filters")
-    half = output[:, plain * k : (plain + 1) * k]
-    mapped = alignment.map_rows(half.T.contiguous()).T  # columns in our order and signs
-    return LDS(poles, mapped, dtype=dtype), {"plain_half": plain, "alignment": alignment}
+    if misfit[plain] > alt_misfit[plain] or alt_misfit[1 - plain] > misfit[1 - plain]:
+        raise ValueError("the LDS outputs are not (filters, alternating filters) for the given filters")
+
+    def mapped(half: int) -> torch.Tensor:  # columns in our order and signs
+        return alignment.map_rows(output[:, half * k : (half + 1) * k].T.contiguous()).T
+
+    info = {"plain_half": plain, "alignment": alignment, "max_abs_misfit": misfit[plain]}
+    return poles, mapped(plain), mapped(1 - plain), info
 
 
 def stu_from_spectralds(
@@ -257,6 +275,50 @@ def lds_stu_from_spectralds(
     layer.M_inputs.data.copy_(m_inputs.float())
     layer.lds = LDS(poles, channel_output, dtype=dtype)
     return layer
+
+
+def to_lds_with_spectralds(
+    model,
+    source: str | Path | Mapping[str, torch.Tensor],
+    their_filters: str | Path | np.ndarray | torch.Tensor,
+    dtype: torch.dtype = torch.float32,
+):
+    """Distil an undistilled :class:`SpectraLDSForCausalLM` with the authors' filter LDS (e.g. their
+    ``80_phi_lds.pt``) instead of running :func:`distill_lds`: every STU layer becomes an LDS with their
+    ``n`` poles (``lds_state_dim = ceil(n / 2)``, so ``2 * lds_state_dim`` states, as theirs) and output
+    ``plain @ M_filters + alternating @ M_filters_minus`` (both halves mapped to our filter order).
+    """
+    from .modeling import STU_LAYER, LDSMixer, SpectraLDSForCausalLM
+
+    if not isinstance(model, SpectraLDSForCausalLM) or model.config.lds_state_dim is not None:
+        raise TypeError("expected an undistilled SpectraLDSForCausalLM")
+    poles, plain, alt, info = _spectralds_halves(source, their_filters)
+    alignment = info["alignment"]
+    if (alignment.seq_len, alignment.num_filters) != (model.config.filter_len, model.config.num_filters):
+        raise ValueError(
+            f"the LDS is for L={alignment.seq_len}, K={alignment.num_filters}; the model has "
+            f"filter_len={model.config.filter_len}, num_filters={model.config.num_filters}"
+        )
+    if poles.shape[0] % 2:
+        poles = torch.cat([poles, poles.new_zeros(1)])
+        plain, alt = (torch.cat([t, t.new_zeros(1, t.shape[1])]) for t in (plain, alt))
+    config = copy.deepcopy(model.config)
+    config.lds_state_dim = poles.shape[0] // 2
+    distilled = copy.deepcopy(model)
+    distilled.config = config
+    distilled.model.config = config
+    with torch.no_grad():
+        for block in distilled.model.layers:
+            if block.layer_type != STU_LAYER:
+                continue
+            stu = block.mixer.stu
+            m_plus = stu.M_filters.double()
+            m_minus = m_plus if stu.share_filter_projection else stu.M_filters_minus.double()
+            mixer = LDSMixer(config, block.mixer.layer_idx)
+            mixer.lds_stu.M_inputs.data.copy_(stu.M_inputs.data)
+            mixer.lds_stu.lds = LDS(poles, plain @ m_plus.cpu() + alt @ m_minus.cpu(), dtype=dtype)
+            block.mixer = mixer.to(stu.M_inputs.device)
+    return distilled
 
 
 # --------------------------------------------------------------------------------------------------

@@ -14,7 +14,7 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from emreason.spectral import distill_lds, spectral_filters
+from emreason.spectral import SpectraLDSConfig, SpectraLDSForCausalLM, distill_lds, spectral_filters, to_lds
 from emreason.spectral.filters import hankel_matrix
 from emreason.spectral.importers import (
     align_filters,
@@ -24,6 +24,7 @@ from emreason.spectral.importers import (
     lds_stu_from_spectralds,
     load_tensors,
     stu_from_spectralds,
+    to_lds_with_spectralds,
 )
 
 L, K = 48, 6
@@ -144,25 +145,48 @@ def test_spectralds_distilled_stu_matches_their_recurrence(tmp_path):
     torch.testing.assert_close(lds.impulse_response(7), expected, rtol=0, atol=1e-12)
 
 
-def test_filter_lds_from_spectralds_reproduces_our_filters():
+def _their_layout_from_ours(lds, phi):
     """Their layout built from one of our distillations: poles [a, -a], the plain half second."""
+    alignment = align_filters(phi)
+    # our channel k is their column perm[k] with sign signs[k]: invert the map for their layout
+    c_theirs = torch.zeros(lds.state_dim, K, dtype=torch.float64)
+    c_theirs[:, torch.as_tensor(alignment.perm)] = lds.output.double() * torch.as_tensor(alignment.signs)
+    zeros = torch.zeros_like(c_theirs)
+    return {
+        "A": torch.cat([lds.poles, -lds.poles]).double(),
+        "B": torch.ones(1, 2 * lds.state_dim, dtype=torch.float64),
+        "C": torch.cat([torch.cat([zeros, c_theirs], 1), torch.cat([c_theirs, zeros], 1)], 0),
+    }
+
+
+def test_filter_lds_from_spectralds_reproduces_our_filters():
     ours = spectral_filters(L, K)
     lds = distill_lds(ours, 8, refine_steps=0, dtype=torch.float64)
     phi = their_filters()
-    alignment = align_filters(phi)
-    # our channel k is their column perm[k] with sign signs[k]: invert the map for their layout
-    c_theirs = torch.zeros(8, K, dtype=torch.float64)
-    c_theirs[:, torch.as_tensor(alignment.perm)] = lds.output * torch.as_tensor(alignment.signs)
-    zeros = torch.zeros_like(c_theirs)
-    state = {
-        "A": torch.cat([lds.poles, -lds.poles]),
-        "B": torch.ones(1, 16, dtype=torch.float64),
-        "C": torch.cat([torch.cat([zeros, c_theirs], 1), torch.cat([c_theirs, zeros], 1)], 0),
-    }
-    imported, info = filter_lds_from_spectralds(state, phi, dtype=torch.float64)
+    imported, info = filter_lds_from_spectralds(_their_layout_from_ours(lds, phi), phi, dtype=torch.float64)
     assert info["plain_half"] == 1
     err = (imported.impulse_response(L).numpy() - ours).__abs__().max()
     assert err <= lds.error.max_abs * 1.01 + 1e-9
+
+
+@pytest.mark.parametrize("shared", [True, False])
+def test_to_lds_with_their_lds_equals_our_to_lds_with_the_same_poles(shared):
+    """Distilling an HF model with their LDS file = our to_lds with that LDS in our layout."""
+    cfg = SpectraLDSConfig(
+        hidden_size=16, intermediate_size=32, num_hidden_layers=2, filter_len=L, num_filters=K,
+        layer_types=["linear_attention", "sliding_attention"], sliding_window=8, num_attention_heads=2,
+        share_filter_projection=shared,
+    )  # fmt: skip
+    model = SpectraLDSForCausalLM(cfg).eval()
+    lds = distill_lds(spectral_filters(L, K), 8, refine_steps=0)
+    phi = their_filters(seed=5)
+    theirs = to_lds_with_spectralds(model, _their_layout_from_ours(lds, phi), phi)
+    ours = to_lds(model, 8, filter_lds=lds)
+    assert theirs.config.lds_state_dim == 8
+    ids = torch.randint(0, 256, (2, 30))
+    with torch.no_grad():
+        torch.testing.assert_close(theirs(ids).logits, ours(ids).logits, rtol=0, atol=1e-5)
+        assert (theirs(ids).logits - model(ids).logits).abs().max() < 1e-2  # and it is a distillation
 
 
 def _flash_state(cfg: dict, phi: torch.Tensor, seed: int = 0) -> dict:

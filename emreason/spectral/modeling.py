@@ -222,7 +222,7 @@ class STUMixer(nn.Module):
         self._decode_kernel_key: tuple | None = None
 
     def decode_kernel(self) -> torch.Tensor:
-        """The depthwise kernel as ``(d, L)``, oldest lag first (to dot with the conv state).
+        """The depthwise kernel as ``(d, L)``, largest lag first (to dot with the conv state, newest last).
 
         Forming it costs ``2 L K d`` flops, more than the decode dot product itself, so without grad it
         is kept and reused until a weight changes (in-place updates bump ``_version``) or moves.

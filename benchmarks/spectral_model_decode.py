@@ -7,7 +7,8 @@ Three byte-level language models of (nearly) equal parameter count, all float32 
 * ``stu``: the same model undistilled, cache = the last ``filter_len`` projected inputs per layer (decode is
   a dot product over ``filter_len`` lags);
 * ``qwen2``: ``Qwen2ForCausalLM`` with ``DynamicCache`` (KV cache grows with the context; each step
-  concatenates), and the same model with a preallocated ``StaticCache``.
+  concatenates), and the same model with a preallocated ``StaticCache``; with ``--compile`` also
+  ``torch.compile(distilled)`` (compiled during the warm-up steps, not timed).
 
 For each context length the cache is brought to that many tokens and ``--new-tokens`` greedy tokens are
 decoded one at a time (``model(token, cache=...)``); tokens/s is measured after two warm-up steps. Decode cost
@@ -46,6 +47,9 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--num-filters", type=int, default=24)
     p.add_argument("--state-dim", type=int, default=80, help="poles n; the distilled LDS has 2n states")
     p.add_argument("--threads", type=int, default=1)
+    p.add_argument(
+        "--compile", action="store_true", help="also time torch.compile(distilled) (~1 min compile)"
+    )
     p.add_argument("--verbose", action="store_true")
     return p.parse_args()
 
@@ -164,11 +168,17 @@ def main() -> None:
     models = build_models(args)
     gen = torch.Generator().manual_seed(0)
     token = torch.tensor([[65]])
-    rows: dict[str, dict] = {name: {} for name in ("distilled", "stu", "qwen2_dynamic", "qwen2_static")}
+    names = ["distilled", "stu", "qwen2_dynamic", "qwen2_static"]
+    if args.compile:
+        models["distilled_compiled"] = torch.compile(models["distilled"])
+        names.append("distilled_compiled")
+    rows: dict[str, dict] = {name: {} for name in names}
     for context in tqdm(args.contexts, desc="contexts"):
         steps = args.new_tokens if context <= 8192 else max(8, args.new_tokens // 3)
-        for name in ("distilled", "stu"):
-            cache = spectral_cache(models[name], context, args.filter_len, gen)
+        for name in [n for n in names if n.startswith(("distilled", "stu"))]:
+            cache = spectral_cache(
+                models["distilled" if name == "distilled_compiled" else name], context, args.filter_len, gen
+            )
             rate = decode(models[name], cache, token, steps)
             rows[name][str(context)] = {
                 "tokens_per_s": rate,
@@ -191,7 +201,7 @@ def main() -> None:
     ratios = {}
     for context in map(str, args.contexts):
         base = rows["distilled"][context]
-        for other in ("stu", "qwen2_dynamic", "qwen2_static"):
+        for other in [n for n in names if n != "distilled"]:
             ratios[f"distilled_speedup_vs_{other}_at_{context}"] = (
                 base["tokens_per_s"] / rows[other][context]["tokens_per_s"]
             )
@@ -202,7 +212,7 @@ def main() -> None:
         "torch_threads": args.threads,
         "device": "cpu",
         "dtype": "float32",
-        "params": {name: num_params(m) for name, m in models.items()},
+        "params": {name: num_params(m) for name, m in models.items() if name != "distilled_compiled"},
         "qwen2_intermediate_size": models["qwen2"].config.intermediate_size,
         "config": {k: v for k, v in vars(args).items() if k != "verbose"},
         "decode": rows,

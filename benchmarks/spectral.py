@@ -4,8 +4,12 @@ Prints one JSON object. Sections:
 
 * ``distillation``: for L in {1024, 8192}, the filter reconstruction error (max abs, MSE, largest output
   coefficient, relative tail energy beyond L) of :func:`distill_lds` for several numbers of poles ``n``
-  (the LDS of an STU layer has ``2n`` states: the poles and their negations), plus the
+  (the LDS of an STU layer has ``2n`` states: the poles and their negations), greedy and refined, plus the
   plain-least-squares-over-random-poles baseline the paper warns about.
+* ``same_target_comparison``: at the longest L, ours (``--decode-state-dim`` poles, 2n states) against
+  two targets, the exact float64 filters and the same filters rounded to bfloat16 (what the authors
+  distilled against), each fitted to that target; with ``--authors-lds`` (their ``80_phi_lds.pt``, 160
+  states) and ``--authors-filters`` (their ``spectral_filters.npy``), their LDS on both targets too.
 * ``float32_stability``: the distilled L=8192 filter bank run for ``--stability-steps`` recurrent float32
   steps on white noise, against a float64 reference.
 * ``decode_latency_ms``: per-token decode time of one layer (width ``--dim``) at each context length, for
@@ -45,6 +49,10 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--stability-steps", type=int, default=1_000_000)
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--plot", type=str, default=None, help="optional PNG path for error/latency plots")
+    p.add_argument("--sections", nargs="+", default=["distillation", "comparison", "stability", "latency"])
+    p.add_argument("--refine-up-to", type=int, default=10**9, help="refine only for n <= this")
+    p.add_argument("--authors-lds", type=str, default=None, help="SpectraLDS models/80_phi_lds.pt")
+    p.add_argument("--authors-filters", type=str, default=None, help="SpectraLDS models/spectral_filters.npy")
     return p.parse_args()
 
 
@@ -66,7 +74,7 @@ def random_pole_least_squares(filters: np.ndarray, n: int, seed: int = 0) -> dic
 
 
 def distillation_table(
-    lengths: list[int], state_dims: list[int], refine_up_to: int = 32
+    lengths: list[int], state_dims: list[int], refine_up_to: int = 10**9
 ) -> tuple[dict, dict[tuple[int, int], LDS]]:
     table, keep = {}, {}
     for seq_len in lengths:
@@ -88,9 +96,14 @@ def distillation_table(
                 "tail_energy_rel": float(tail_energy(lds, seq_len).sum()) / energy,
                 "seconds": seconds,
             }
-            if n <= refine_up_to:  # variable-projection refinement: cheap for small n, where it matters
+            if n <= refine_up_to:  # variable-projection refinement (kept only if the stored MSE drops)
+                start = time.perf_counter()
                 refined = distill_lds(filters, n, refine_steps=100)
-                row.update(refined_max_abs=refined.error.max_abs, refined_mse=refined.error.mse)
+                row.update(
+                    refined_max_abs=refined.error.max_abs,
+                    refined_mse=refined.error.mse,
+                    refined_seconds=time.perf_counter() - start,
+                )
             rows.append(row)
             keep[(seq_len, n)] = lds
         table[str(seq_len)] = {
@@ -99,6 +112,41 @@ def distillation_table(
             "random_poles_least_squares": random_pole_least_squares(filters, 80),
         }
     return table, keep
+
+
+def _errors(response: np.ndarray, target: np.ndarray) -> dict:
+    err = response - target
+    return {"max_abs": float(np.abs(err).max()), "mse": float((err**2).mean())}
+
+
+def same_target_comparison(
+    seq_len: int, state_dim: int, authors_lds: str | None, authors_filters: str | None
+) -> dict:
+    """Ours and (optionally) the authors' LDS, each measured against the target it was fitted to."""
+    k = 24 if recommended_num_filters(seq_len, 24) == 24 else recommended_num_filters(seq_len, 24)
+    exact = spectral_filters(seq_len, k)
+    rounded = torch.tensor(exact).bfloat16().double().numpy()
+    out: dict = {
+        "seq_len": seq_len,
+        "num_filters": k,
+        "bf16_rounding_max_abs": float(np.abs(rounded - exact).max()),
+    }
+    for name, target in (("exact", exact), ("bf16_rounded", rounded)):
+        lds = distill_lds(target, state_dim, refine_steps=100)
+        out[f"ours_{2 * state_dim}_states_fit_to_{name}"] = _errors(
+            lds.impulse_response(seq_len).numpy(), target
+        )
+    if authors_lds and authors_filters:
+        from emreason.spectral.importers import filter_lds_from_spectralds
+
+        theirs, info = filter_lds_from_spectralds(authors_lds, authors_filters, dtype=torch.float64)
+        response = theirs.impulse_response(seq_len).numpy()
+        out[f"authors_{theirs.state_dim}_states"] = {
+            "vs_exact": _errors(response, exact),
+            "vs_bf16_rounded": _errors(response, rounded),
+            "their_filters_vs_exact_max_abs": info["alignment"].max_abs_diff,
+        }
+    return out
 
 
 def float32_stability(lds32: LDS, steps: int, chunk: int = 8192) -> dict:
@@ -208,32 +256,41 @@ def main() -> None:
     args = parse_args()
     torch.set_num_threads(args.threads)
     start = time.time()
-    table, kept = distillation_table(args.lengths, sorted(set(args.state_dims) | {args.decode_state_dim}))
+    sections = set(args.sections)
+    result: dict = {"torch_threads": args.threads, "device": "cpu"}
     longest = max(args.lengths)
-    decode_lds = kept[(longest, args.decode_state_dim)]
-    stability = float32_stability(decode_lds, args.stability_steps)
-    latency = decode_latency(decode_lds, longest, args.contexts, args.dim, args.heads)
-    goals = {
-        "lds_latency_flat": latency["ratios"][f"lds_{max(args.contexts)}_over_{min(args.contexts)}"] <= 1.1,
-        "lds_10x_faster_than_fft_recompute": latency["ratios"][
-            f"stu_fft_recompute_over_lds_at_{max(args.contexts)}"
-        ]
-        >= 10,
-        "max_filter_error_le_5e-5_at_L8192_with_le_160_states": any(
-            r["max_abs"] <= 5e-5 and r["lds_states"] <= 160 for r in table.get("8192", {"rows": []})["rows"]
-        ),
-        "float32_stable": stability["state_finite"] and stability["max_rel_error"] < 1e-3,
-    }
-    result = {
-        "torch_threads": args.threads,
-        "device": "cpu",
-        "distillation": table,
-        "float32_stability": {"state_dim": args.decode_state_dim, "filter_len": longest, **stability},
-        "decode_latency": latency,
-        "goals_met": goals,
-        "wall_seconds": time.time() - start,
-    }
-    if args.plot:
+    goals = {}
+    if sections & {"distillation", "stability", "latency"}:
+        dims = sorted(set(args.state_dims) | {args.decode_state_dim})
+        lengths = args.lengths if "distillation" in sections else [longest]
+        dims = dims if "distillation" in sections else [args.decode_state_dim]
+        table, kept = distillation_table(lengths, dims, args.refine_up_to)
+        decode_lds = kept[(longest, args.decode_state_dim)]
+        if "distillation" in sections:
+            result["distillation"] = table
+            goals["max_filter_error_le_5e-5_at_L8192_with_le_160_states"] = any(
+                r["max_abs"] <= 5e-5 and r["lds_states"] <= 160
+                for r in table.get("8192", {"rows": []})["rows"]
+            )
+    if "comparison" in sections:
+        result["same_target_comparison"] = same_target_comparison(
+            longest, args.decode_state_dim, args.authors_lds, args.authors_filters
+        )
+    if "stability" in sections:
+        stability = float32_stability(decode_lds, args.stability_steps)
+        result["float32_stability"] = {"state_dim": args.decode_state_dim, "filter_len": longest, **stability}
+        goals["float32_stable"] = stability["state_finite"] and stability["max_rel_error"] < 1e-3
+    if "latency" in sections:
+        latency = decode_latency(decode_lds, longest, args.contexts, args.dim, args.heads)
+        result["decode_latency"] = latency
+        hi, lo = max(args.contexts), min(args.contexts)
+        goals["lds_latency_flat"] = latency["ratios"][f"lds_{hi}_over_{lo}"] <= 1.1
+        goals["lds_10x_faster_than_fft_recompute"] = (
+            latency["ratios"][f"stu_fft_recompute_over_lds_at_{hi}"] >= 10
+        )
+    result["goals_met"] = goals
+    result["wall_seconds"] = time.time() - start
+    if args.plot and {"distillation", "latency"} <= sections:
         plot(result, args.plot)
     print(json.dumps(result, indent=1, default=lambda o: float(o) if isinstance(o, np.floating) else str(o)))
 

@@ -10,6 +10,13 @@ types so that ``DynamicCache(config=...)`` (what ``generate()`` builds) has the 
 
 A full forward needs ``T <= config.filter_len`` for undistilled STU layers; decoding continues past it
 (the undistilled STU slides its ``L``-lag window, the LDS simply keeps running).
+
+Padding: an ``attention_mask`` ``(B, S)`` with zeros marks padded positions. Their (normalised) inputs are
+zeroed before every STU/LDS layer, so they add nothing to a convolution or an LDS state (an LDS state stays
+exactly zero through left padding), and attention never uses them as keys. With left padding each row's
+logits therefore equal those of the row run alone; with right padding the real positions are causal and
+unaffected, and ``labels`` at padded positions are ignored by the loss. Padding inside a row (zeros
+between real tokens) is not meaningful for a convolution (the gap still counts as lags).
 """
 
 from __future__ import annotations
@@ -21,6 +28,7 @@ import torch.nn.functional as F
 from torch import nn
 from transformers import GenerationMixin, PreTrainedConfig, PreTrainedModel
 from transformers import initialization as init
+from transformers.activations import ACT2FN
 from transformers.cache_utils import Cache, DynamicCache
 from transformers.modeling_outputs import BaseModelOutputWithPast, CausalLMOutputWithPast
 
@@ -60,6 +68,8 @@ class SpectraLDSConfig(PreTrainedConfig):
             and their negations).
         num_attention_heads, sliding_window, rope_theta: attention settings.
         rms_norm_eps, initializer_range: usual meanings.
+        hidden_act: the MLP's gate activation (a ``transformers.activations.ACT2FN`` name): ``"silu"``
+            (SwiGLU, default) or ``"gelu_pytorch_tanh"`` (flash-stu-2's GeGLU, set by its importer).
     """
 
     model_type = "spectralds"
@@ -78,6 +88,7 @@ class SpectraLDSConfig(PreTrainedConfig):
     rope_theta: float = 10000.0
     rms_norm_eps: float = 1e-6
     initializer_range: float = 0.02
+    hidden_act: str = "silu"
     use_cache: bool = True
     tie_word_embeddings: bool = True
     pad_token_id: int | None = None
@@ -98,6 +109,8 @@ class SpectraLDSConfig(PreTrainedConfig):
             raise ValueError(f"unknown layer types {bad}; use {STU_LAYER!r}, {ATTENTION_LAYERS}")
         if self.lds_state_dim is not None and self.lds_state_dim <= 0:
             raise ValueError(f"lds_state_dim must be positive or None, got {self.lds_state_dim}")
+        if self.hidden_act not in ACT2FN:
+            raise ValueError(f"unknown hidden_act {self.hidden_act!r}; use a transformers ACT2FN name")
         if self.hidden_size % self.num_attention_heads:
             raise ValueError(
                 f"hidden_size={self.hidden_size} is not divisible by "
@@ -128,10 +141,11 @@ class MLP(nn.Module):
         super().__init__()
         self.gate_up = nn.Linear(config.hidden_size, 2 * config.intermediate_size, bias=False)
         self.down = nn.Linear(config.intermediate_size, config.hidden_size, bias=False)
+        self.act = ACT2FN[config.hidden_act]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         gate, up = self.gate_up(x).chunk(2, dim=-1)
-        return self.down(F.silu(gate) * up)
+        return self.down(self.act(gate) * up)
 
 
 def _rotate(x: torch.Tensor, positions: torch.Tensor, theta: float) -> torch.Tensor:
@@ -158,10 +172,20 @@ class Attention(nn.Module):
         self.out = nn.Linear(config.hidden_size, config.hidden_size, bias=False)
 
     def forward(
-        self, x: torch.Tensor, cache: Cache | None, position_ids: torch.Tensor | None
+        self,
+        x: torch.Tensor,
+        cache: Cache | None,
+        position_ids: torch.Tensor | None,
+        attention_mask: torch.Tensor | None = None,
     ) -> torch.Tensor:
+        """``x`` ``(B, T, d)``; ``attention_mask`` ``(B, past + T)`` (1 = real token) or None."""
         batch, seq_len, _ = x.shape
         past = cache.layers[self.layer_idx].get_seq_length() if cache is not None else 0
+        if attention_mask is not None and attention_mask.shape[1] != past + seq_len:
+            raise ValueError(
+                f"attention_mask has {attention_mask.shape[1]} positions, expected past + new = "
+                f"{past} + {seq_len}"
+            )
         q_pos = past + torch.arange(seq_len, device=x.device)
         if position_ids is None:
             position_ids = q_pos[None, :].expand(batch, seq_len)
@@ -175,6 +199,11 @@ class Attention(nn.Module):
         mask = lag >= 0
         if self.window is not None:
             mask &= lag < self.window
+        if attention_mask is not None:
+            # Padded keys are never attended to; a padded query attends to itself only, so its row is
+            # not fully masked (SDPA would return NaN) and its harmless output never reaches real tokens.
+            key_ok = attention_mask[:, k_pos].bool()[:, None, :] | (lag == 0)[None]  # (B, T, S)
+            mask = (mask[None] & key_ok)[:, None]  # (B, 1, T, S)
         y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
         return self.out(y.transpose(1, 2).reshape(batch, seq_len, -1))
 
@@ -189,8 +218,29 @@ class STUMixer(nn.Module):
             spectral_filters(config.filter_len, config.num_filters), dtype=torch.float32
         )
         self.stu = STU(config.hidden_size, filters, True, config.share_filter_projection)
+        self._decode_kernel: torch.Tensor | None = None
+        self._decode_kernel_key: tuple | None = None
+
+    def decode_kernel(self) -> torch.Tensor:
+        """The depthwise kernel as ``(d, L)``, largest lag first (to dot with the conv state, newest last).
+
+        Forming it costs ``2 L K d`` flops, more than the decode dot product itself, so without grad it
+        is kept and reused until a weight changes (in-place updates bump ``_version``) or moves.
+        """
+        stu = self.stu
+        tensors = [stu.filters, stu.M_filters]
+        if not stu.share_filter_projection:
+            tensors.append(stu.M_filters_minus)
+        key = tuple((t.data_ptr(), t._version, t.dtype, t.device) for t in tensors)
+        if torch.is_grad_enabled():
+            return stu.depthwise_kernel().flip(0).T
+        if key != self._decode_kernel_key:
+            self._decode_kernel = stu.depthwise_kernel().flip(0).T.contiguous()
+            self._decode_kernel_key = key
+        return self._decode_kernel
 
     def forward(self, x: torch.Tensor, cache: Cache | None) -> torch.Tensor:
+        """``x`` ``(B, T, d)`` with padded positions already zeroed (see :class:`Block`)."""
         stu = self.stu
         if cache is None:
             return stu(x)
@@ -205,10 +255,12 @@ class STUMixer(nn.Module):
         history = cache.update_conv_state(
             u_proj.transpose(1, 2), self.layer_idx, conv_kernel_size=stu.seq_len
         )
-        kernel = stu.depthwise_kernel()
         seq_len = x.shape[1]
         if seq_len == 1:
-            return torch.einsum("bdl,ld->bd", history[..., -stu.seq_len :], kernel.flip(0))[:, None, :]
+            kernel = self.decode_kernel()
+            window = history[..., -stu.seq_len :].to(kernel.dtype)  # float32 even in a bf16 model
+            return torch.einsum("bdl,dl->bd", window, kernel)[:, None, :].to(x.dtype)
+        kernel = stu.depthwise_kernel()
         padded = F.pad(kernel, (0, 0, 0, history.shape[-1] - kernel.shape[0]))
         return causal_conv_fft(history.transpose(1, 2), padded)[:, -seq_len:]
 
@@ -249,10 +301,22 @@ class Block(nn.Module):
         self.mlp = MLP(config)
 
     def forward(
-        self, x: torch.Tensor, cache: Cache | None, position_ids: torch.Tensor | None
+        self,
+        x: torch.Tensor,
+        cache: Cache | None,
+        position_ids: torch.Tensor | None,
+        attention_mask: torch.Tensor | None = None,
     ) -> torch.Tensor:
+        """``x`` ``(B, T, d)``; ``attention_mask`` ``(B, past + T)`` or None (no padding)."""
         h = self.mixer_norm(x)
-        h = self.mixer(h, cache) if self.layer_type == STU_LAYER else self.mixer(h, cache, position_ids)
+        if self.layer_type == STU_LAYER:
+            if attention_mask is not None:
+                # Zeroed inputs: padded positions add nothing to the convolution / LDS state.
+                real = attention_mask[:, -x.shape[1] :].bool()[..., None]
+                h = torch.where(real, h, torch.zeros((), dtype=h.dtype, device=h.device))
+            h = self.mixer(h, cache)
+        else:
+            h = self.mixer(h, cache, position_ids, attention_mask)
         x = x + h
         return x + self.mlp(self.mlp_norm(x))
 
@@ -263,6 +327,10 @@ class SpectraLDSPreTrainedModel(PreTrainedModel):
     base_model_prefix = "model"
     _no_split_modules = ["Block"]
     _supports_sdpa = True
+    # Loaded with dtype=bf16/fp16, the LDS poles/output and the STU filters stay float32 (the layers'
+    # Float32Tensors guard does the same for .to(dtype)); everything else takes the requested dtype.
+    _keep_in_fp32_modules = ["lds_stu.lds", "stu.filters"]
+    _keep_in_fp32_modules_strict = ["lds_stu.lds", "stu.filters"]
 
     @torch.no_grad()
     def _init_weights(self, module: nn.Module) -> None:
@@ -279,6 +347,18 @@ class SpectraLDSPreTrainedModel(PreTrainedModel):
             init.normal_(module.M_inputs, std=module.dim**-0.5)
         elif isinstance(module, RMSNorm):
             init.ones_(module.weight)
+
+
+def _padding_mask(attention_mask: torch.Tensor | None, batch: int, seq_len: int) -> torch.Tensor | None:
+    """Validated ``(B, past + T)`` mask, or None when there is no padding (all ones or no mask)."""
+    if attention_mask is None:
+        return None
+    if attention_mask.ndim != 2 or attention_mask.shape[0] != batch or attention_mask.shape[1] < seq_len:
+        raise ValueError(
+            f"attention_mask must be 2-D (B={batch}, past + T >= {seq_len}) with 1 for real tokens and 0 for "
+            f"padding, got shape {tuple(attention_mask.shape)}"
+        )
+    return None if bool(attention_mask.all()) else attention_mask
 
 
 class SpectraLDSModel(SpectraLDSPreTrainedModel):
@@ -307,17 +387,17 @@ class SpectraLDSModel(SpectraLDSPreTrainedModel):
     ) -> BaseModelOutputWithPast:
         if (input_ids is None) == (inputs_embeds is None):
             raise ValueError("pass exactly one of input_ids and inputs_embeds")
-        if attention_mask is not None and attention_mask.ndim == 2 and not bool(attention_mask.all()):
-            raise ValueError(
-                "SpectraLDS does not support padding (attention_mask with zeros): convolutions and "
-                "recurrences would mix pad tokens into the state; batch sequences of equal length instead"
-            )
+        x = self.embed_tokens(input_ids) if inputs_embeds is None else inputs_embeds
+        attention_mask = _padding_mask(attention_mask, x.shape[0], x.shape[1])
+        if attention_mask is not None and position_ids is None:
+            # RoPE positions count real tokens only (as generate() does), so a left-padded row sees the
+            # same positions as when run alone.
+            position_ids = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)[:, -x.shape[1] :]
         use_cache = use_cache if use_cache is not None else (self.config.use_cache and not self.training)
         if use_cache and cache is None:
             cache = DynamicCache(config=self.config)
-        x = self.embed_tokens(input_ids) if inputs_embeds is None else inputs_embeds
         for block in self.layers:
-            x = block(x, cache if use_cache else None, position_ids)
+            x = block(x, cache if use_cache else None, position_ids, attention_mask)
         return BaseModelOutputWithPast(last_hidden_state=self.norm(x), cache=cache if use_cache else None)
 
 
@@ -367,6 +447,9 @@ class SpectraLDSForCausalLM(SpectraLDSPreTrainedModel, GenerationMixin):
         logits = self.lm_head(hidden)
         loss = None
         if labels is not None:
+            if attention_mask is not None and attention_mask.ndim == 2:
+                # Right padding in training: padded targets carry no loss.
+                labels = labels.masked_fill(attention_mask[:, -labels.shape[1] :] == 0, -100)
             loss = self.loss_function(
                 logits=logits, labels=labels, vocab_size=self.config.vocab_size, **kwargs
             )

@@ -25,6 +25,7 @@ from torch import nn
 
 from .conv import causal_conv_fft
 from .lds import LDS, distill_lds
+from .precision import Float32Tensors
 
 __all__ = ["STU", "LDSSTU", "alternating_signs"]
 
@@ -36,7 +37,7 @@ def alternating_signs(length: int, device=None, dtype=torch.float32) -> torch.Te
     return signs
 
 
-class STU(nn.Module):
+class STU(Float32Tensors):
     """Spectral Transform Unit over fixed filters ``(L, K)``; input/output ``(B, T, d)`` with ``T <= L``.
 
     Args:
@@ -46,7 +47,12 @@ class STU(nn.Module):
             ``2*K*d*d``-parameter form.
         share_filter_projection: tensordot only; both branches use ``M_filters`` (Flash STU). If False
             the negative branch has its own ``M_filters_minus``.
+
+    The fixed ``filters`` buffer stays float32 when the module is cast to bf16/fp16 (the projections follow
+    the cast); kernels are formed and convolved in float32 and outputs returned in the input's dtype.
     """
+
+    _fp32_tensors = ("filters",)
 
     def __init__(
         self,
@@ -103,7 +109,9 @@ class STU(nn.Module):
         phi = self.filters[:length]
         signs = alternating_signs(length, phi.device, phi.dtype)
         minus = self.M_filters if self.share_filter_projection else self.M_filters_minus
-        return phi @ self.M_filters + (signs * phi) @ minus
+        work = torch.promote_types(phi.dtype, self.M_filters.dtype)  # float32 under a bf16 model
+        phi = phi.to(work)
+        return phi @ self.M_filters.to(work) + (signs.to(work) * phi) @ minus.to(work)
 
     def forward(self, u: torch.Tensor) -> torch.Tensor:
         """``u`` ``(B, T, d)`` -> ``(B, T, d)`` by FFT convolution (training and prefill)."""

@@ -84,8 +84,8 @@ def test_model_errors():
     model = _model()
     with pytest.raises(ValueError, match="exceeds the filter length 64"):
         model(torch.randint(0, 256, (1, 65)))
-    with pytest.raises(ValueError, match="padding"):
-        model(torch.randint(0, 256, (1, 5)), attention_mask=torch.tensor([[0, 1, 1, 1, 1]]))
+    with pytest.raises(ValueError, match="attention_mask must be 2-D"):
+        model(torch.randint(0, 256, (1, 5)), attention_mask=torch.ones(1, 4))
     with pytest.raises(ValueError, match="positive"):
         to_lds(model, 0)
     with pytest.raises(ValueError, match="already distilled"):

@@ -274,9 +274,15 @@ def run_regime(
     crossings = {}
     for point in points:
         if point["method"].startswith("EM-INF") or point["method"] == "greedy":
+            within = next((p for p in curve if p["ci95"][1] >= point["accuracy"]), None)
             crossings[point["method"]] = {
                 "accuracy": point["accuracy"],
                 **_crossing(curve, point["accuracy"], point["tokens_per_problem"]),
+                # A looser reading of "matches": the target lies inside maj@k's 95% interval.
+                "first_k_within_ci": None if within is None else within["k"],
+                "token_ratio_within_ci": None
+                if within is None
+                else within["tokens_per_problem"] / point["tokens_per_problem"],
             }
     return {
         "regime": name,

@@ -15,8 +15,12 @@ steps, and is evaluated on the same held-out problems, greedy and at T = 1.0, wi
 These labelled runs are the only ones in the project that see labels.
 
     OMP_NUM_THREADS=1 python benchmarks/labelled_baselines.py [--regime shortcut] [--steps 40]
-        [--lr 1e-4] [--lr-for grpo=3e-5] [--methods grpo,rloo,em_rl_sequence,em_rl_token]
+        [--labelled-lrs 3e-5,1e-4,3e-4] [--em-lr 1e-4] [--methods grpo,rloo,em_rl_sequence,em_rl_token]
         [--n-eval 300] [--output results.json]
+
+GRPO and RLOO are swept over ``--labelled-lrs`` (the labelled baselines get the benefit of tuning); EM-RL
+uses the regime's chosen settings (`toy_runs.toy_defaults`: learning rate, mean aggregation) unless
+``--em-lr`` is given. Differences are taken between each method's best run by greedy accuracy.
 
 Prints one JSON object: per method its settings, train seconds, greedy and T=1.0 accuracy with CIs and
 the fraction of step-by-step completions; and EM-RL minus GRPO / RLOO in points (greedy).
@@ -25,7 +29,6 @@ the fraction of step-by-step completions; and EM-RL minus GRPO / RLOO in points 
 from __future__ import annotations
 
 import argparse
-import inspect
 import json
 import os
 import shutil
@@ -57,24 +60,11 @@ def correctness_reward(completions: list, answer: list[int], **_: Any) -> list[f
 
 
 def regime_model_dir(regime: str) -> tuple[Path, tuple[int, ...]]:
-    """Checkpoint directory and held-out/training levels of toy ``regime``."""
+    """Checkpoint directory and levels of toy ``regime`` (ValueError naming the valid regimes)."""
     from emreason import toy
 
-    levels: tuple[int, ...] = (1, 2)
-    parameters = inspect.signature(toy.model_path).parameters
-    if "regime" in parameters:
-        path = toy.model_path(regime=regime)
-        try:
-            from emreason.toy import regimes
-
-            spec = regimes.get_regime(regime) if hasattr(regimes, "get_regime") else regimes.REGIMES[regime]
-            levels = tuple(getattr(spec, "levels", levels))
-        except (ImportError, AttributeError, KeyError, TypeError):
-            pass
-        return Path(path), levels
-    if regime != "default":
-        raise ValueError(f"unknown toy regime {regime!r}: this checkout ships only the default toy")
-    return Path(toy.model_path()), levels
+    spec = toy.get_regime(regime)
+    return Path(toy.model_path(spec.name)), tuple(spec.levels)
 
 
 def labelled_dataset(n: int, seed: int, levels: tuple[int, ...]):
@@ -162,43 +152,28 @@ def train_label_free(
     steps: int,
     learning_rate: float,
     seed: int,
-    levels: tuple[int, ...],
+    regime: str,
     verbose: bool,
+    extra: dict[str, Any],
 ) -> Path:
-    """EM-RL (sequence or token reward, mean aggregation) through `toy_runs.train_on_toy`."""
+    """EM-RL through `toy_runs.train_on_toy` (its regime's prompts; ``extra``: e.g. reward_aggregation)."""
     from emreason.trainers import toy_runs
 
-    options: dict[str, Any] = {"reward_aggregation": "mean"}
-    if "levels" in inspect.signature(toy_runs.train_on_toy).parameters:
-        options["levels"] = levels
-    if not verbose:
-        from transformers import Trainer
-        from transformers.trainer_callback import PrinterCallback
-
-        original = Trainer.__init__
-
-        def quiet_init(self, *args, **kwargs):
-            original(self, *args, **kwargs)
-            self.remove_callback(PrinterCallback)
-
-        Trainer.__init__ = quiet_init
-    try:
-        return toy_runs.train_on_toy(
-            method,
-            output,
-            model_path=model_dir,
-            steps=steps,
-            learning_rate=learning_rate,
-            seed=seed,
-            **options,
-        )
-    finally:
-        if not verbose:
-            Trainer.__init__ = original
+    return toy_runs.train_on_toy(
+        method,
+        output,
+        model_path=model_dir,
+        steps=steps,
+        learning_rate=learning_rate,
+        seed=seed,
+        regime=regime,
+        quiet=not verbose,
+        **extra,
+    )
 
 
 def evaluate(model_dir: Path, n_eval: int, levels: tuple[int, ...], seed: int) -> dict[str, Any]:
-    """Greedy and T=1.0 held-out accuracy (Wilson 95%) and the fraction of step-by-step completions."""
+    """Greedy and T=1.0 held-out accuracy (Wilson 95%), route fractions and per-route accuracy."""
     from emreason import toy
     from emreason.toy.evaluate import evaluate_toy
 
@@ -207,21 +182,36 @@ def evaluate(model_dir: Path, n_eval: int, levels: tuple[int, ...], seed: int) -
     out = {}
     for label, temperature in (("greedy", 0.0), ("T=1.0", 1.0)):
         result = evaluate_toy(model, tokenizer, problems, temperature=temperature, seed=seed)
-        stepwise = [("=" in c) for c in result.completions]
+        routes = [toy.route_of(c) for c in result.completions]
         by_route = {}
-        for route, flag in (("stepwise", True), ("direct", False)):
-            picked = [ok for ok, s in zip(result.correct, stepwise) if s == flag]
+        for route in toy.ROUTES:
+            picked = [ok for ok, r in zip(result.correct, routes) if r == route]
             by_route[route] = {"n": len(picked), "accuracy": (sum(picked) / len(picked)) if picked else None}
         out[label] = {
             "accuracy": result.accuracy,
             "ci95": [result.ci_low, result.ci_high],
             "n": result.n,
             "correct": sum(result.correct),
-            "stepwise_fraction": sum(stepwise) / len(stepwise),
+            "routes": toy.route_fractions(result.completions),
             "by_route": by_route,
             "mean_token_entropy": result.mean_entropy,
         }
     return out
+
+
+def _lr_list(text: str) -> list[float]:
+    values = [float(v) for v in text.split(",") if v.strip()]
+    if not values or any(not v > 0 for v in values):
+        raise ValueError(f"learning rates must be positive numbers, got {text!r}")
+    return values
+
+
+def _best(runs: dict[str, Any], method: str) -> tuple[str, dict[str, Any]] | None:
+    """The run of ``method`` with the highest greedy accuracy (ties: the smaller learning rate)."""
+    mine = [(k, v) for k, v in runs.items() if v.get("method") == method]
+    if not mine:
+        return None
+    return max(mine, key=lambda kv: (kv[1]["eval"]["greedy"]["accuracy"], -kv[1]["learning_rate"]))
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -229,9 +219,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--regime", default="shortcut", help="toy regime (default: shortcut = regime 2)")
     parser.add_argument("--methods", default=",".join(ALL_METHODS), help=f"subset of {ALL_METHODS}")
     parser.add_argument("--steps", type=int, default=40, help="optimizer steps, every method")
-    parser.add_argument("--lr", type=float, default=1e-4, help="learning rate, every method")
     parser.add_argument(
-        "--lr-for", action="append", default=[], metavar="METHOD=LR", help="per-method lr (repeatable)"
+        "--labelled-lrs", default="3e-5,1e-4,3e-4", help="learning rates swept for GRPO and RLOO"
+    )
+    parser.add_argument(
+        "--em-lr", default=None, help="EM-RL learning rates (default: toy_runs.toy_defaults of the regime)"
     )
     parser.add_argument("--n-eval", type=int, default=300, help="held-out problems")
     parser.add_argument("--seed", type=int, default=0, help="training seed")
@@ -245,14 +237,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     unknown = [m for m in methods if m not in ALL_METHODS]
     if unknown:
         parser.error(f"unknown method(s) {unknown}; choose from {', '.join(ALL_METHODS)}")
-    rates = {m: args.lr for m in methods}
-    for item in args.lr_for:
-        method, _, value = item.partition("=")
-        if method not in ALL_METHODS or not value:
-            parser.error(f"--lr-for needs METHOD=LR with METHOD in {ALL_METHODS}, got {item!r}")
-        rates[method] = float(value)
     if args.steps < 1 or args.n_eval < 1:
         parser.error("--steps and --n-eval must be >= 1")
+    try:
+        labelled_lrs = _lr_list(args.labelled_lrs)
+        em_lrs = _lr_list(args.em_lr) if args.em_lr else None
+        model_dir, levels = regime_model_dir(args.regime)
+    except ValueError as exc:
+        parser.error(str(exc))
     if not args.verbose:
         warnings.filterwarnings("ignore")
         os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
@@ -263,11 +255,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     import torch
     from tqdm import tqdm
 
+    from emreason.trainers.toy_runs import toy_defaults
+
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
-    try:
-        model_dir, levels = regime_model_dir(args.regime)
-    except ValueError as exc:
-        parser.error(str(exc))
+    plan: list[tuple[str, float, dict[str, Any]]] = []
+    for method in methods:
+        if method in LABELLED:
+            plan += [(method, lr, {}) for lr in labelled_lrs]
+        else:
+            chosen = toy_defaults(method, args.regime)
+            chosen.pop("steps", None)
+            default_lr = chosen.pop("learning_rate")
+            plan += [(method, lr, chosen) for lr in (em_lrs or [default_lr])]
     workdir = Path(args.workdir) if args.workdir else Path(tempfile.mkdtemp(prefix="labelled-baselines-"))
     workdir.mkdir(parents=True, exist_ok=True)
     report: dict[str, Any] = {
@@ -277,44 +276,66 @@ def main(argv: Sequence[str] | None = None) -> int:
         "steps": args.steps,
         "seed": args.seed,
         "n_eval": args.n_eval,
+        "eval_seed": args.eval_seed,
         "shared_settings": {
-            k: v for k, v in shared_settings(args.steps, args.lr).items() if k not in ("learning_rate",)
+            k: v for k, v in shared_settings(args.steps, 1e-4).items() if k != "learning_rate"
         },
         "runs": {},
     }
     if not args.no_base:
-        report["runs"]["base"] = {"eval": evaluate(model_dir, args.n_eval, levels, args.eval_seed)}
-    for method in tqdm(methods, desc="training", unit="run", disable=args.verbose):
-        trainer = train_labelled if method in LABELLED else train_label_free
+        report["runs"]["base"] = {
+            "method": "base",
+            "eval": evaluate(model_dir, args.n_eval, levels, args.eval_seed),
+        }
+    for method, lr, extra in tqdm(plan, desc="training", unit="run", disable=args.verbose):
         began = time.perf_counter()
-        trained = trainer(
-            method,
-            model_dir,
-            workdir / method,
-            steps=args.steps,
-            learning_rate=rates[method],
-            seed=args.seed,
-            levels=levels,
-            verbose=args.verbose,
-        )
+        output = workdir / f"{method}-lr{lr:g}"
+        if method in LABELLED:
+            trained = train_labelled(
+                method,
+                model_dir,
+                output,
+                steps=args.steps,
+                learning_rate=lr,
+                seed=args.seed,
+                levels=levels,
+                verbose=args.verbose,
+            )
+        else:
+            trained = train_label_free(
+                method,
+                model_dir,
+                output,
+                steps=args.steps,
+                learning_rate=lr,
+                seed=args.seed,
+                regime=args.regime,
+                verbose=args.verbose,
+                extra=extra,
+            )
         seconds = time.perf_counter() - began
-        report["runs"][method] = {
+        report["runs"][f"{method}@lr={lr:g}"] = {
+            "method": method,
             "labels": method in LABELLED,
-            "learning_rate": rates[method],
+            "learning_rate": lr,
+            "config_extra": extra,
             "train_seconds": round(seconds, 1),
             "eval": evaluate(trained, args.n_eval, levels, args.eval_seed),
         }
+        shutil.rmtree(trained, ignore_errors=True)
         if args.output:  # partial results survive a crash
             write_json_atomic(Path(args.output), report, sort_keys=True)
+    best = {m: _best(report["runs"], m) for m in methods}
+    report["best"] = {m: b[0] for m, b in best.items() if b is not None}
     differences = {}
     for em in LABEL_FREE:
         for labelled in LABELLED:
-            if em in report["runs"] and labelled in report["runs"]:
+            if best.get(em) and best.get(labelled):
                 for decoding in ("greedy", "T=1.0"):
-                    a = report["runs"][em]["eval"][decoding]["accuracy"]
-                    b = report["runs"][labelled]["eval"][decoding]["accuracy"]
+                    a = best[em][1]["eval"][decoding]["accuracy"]
+                    b = best[labelled][1]["eval"][decoding]["accuracy"]
                     differences[f"{em} - {labelled} ({decoding}), points"] = round(100 * (a - b), 2)
-    report["differences"] = differences
+    report["differences_vs_best_lr"] = differences
     if args.output:
         write_json_atomic(Path(args.output), report, sort_keys=True)
     json.dump(report, sys.stdout, indent=2)

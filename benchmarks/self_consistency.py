@@ -25,7 +25,6 @@ Prints one JSON object (also written to ``--output``); the figure shows one pane
 from __future__ import annotations
 
 import argparse
-import inspect
 import json
 import math
 import os
@@ -39,6 +38,7 @@ from typing import Any
 import numpy as np
 import torch
 from emreason.evals.metrics import bootstrap_ci, maj_at_k, pass_at_k
+from emreason.toy.routes import route_fractions
 from transformers import LogitsProcessorList
 
 from emreason.atomic_io import write_json_atomic
@@ -51,37 +51,19 @@ AUTHORS_EM_INF = EMInfConfig(steps=3, lr=0.1, threshold=0.3, kl_weight=0.05)
 
 
 def regime_names() -> list[str]:
-    """The toy regimes this checkout ships (``emreason.toy.regimes`` when present, else the default)."""
-    try:
-        from emreason.toy import regimes
-    except ImportError:
-        return ["default"]
-    for attribute in ("REGIMES", "REGIME_NAMES", "NAMES"):
-        found = getattr(regimes, attribute, None)
-        if found:
-            return list(found)
-    return ["default"]
+    """The toy regimes this checkout ships (`emreason.toy.REGIME_NAMES`)."""
+    from emreason.toy import REGIME_NAMES
+
+    return list(REGIME_NAMES)
 
 
 def load_regime(name: str) -> tuple[Any, Any, tuple[int, ...]]:
-    """``(model, tokenizer, held-out levels)`` of toy regime ``name``."""
+    """``(model, tokenizer, held-out levels)`` of toy regime ``name`` (ValueError naming the valid ones)."""
     from emreason import toy
 
-    levels: tuple[int, ...] = (1, 2)
-    if "regime" in inspect.signature(toy.load_model).parameters:
-        model, tokenizer = toy.load_model(regime=name)
-        try:
-            from emreason.toy import regimes
-
-            spec = regimes.get_regime(name) if hasattr(regimes, "get_regime") else regimes.REGIMES[name]
-            levels = tuple(getattr(spec, "levels", levels))
-        except (ImportError, AttributeError, KeyError, TypeError):
-            pass
-    elif name == "default":
-        model, tokenizer = toy.load_model()
-    else:
-        raise ValueError(f"unknown toy regime {name!r}; this checkout has only {regime_names()}")
-    return model, tokenizer, levels
+    spec = toy.get_regime(name)
+    model, tokenizer = toy.load_model(regime=spec.name)
+    return model, tokenizer, tuple(spec.levels)
 
 
 @torch.no_grad()
@@ -129,11 +111,6 @@ def generate(
     return texts, counts
 
 
-def _is_stepwise(completion: str) -> bool:
-    """Whether a completion derives its answer (writes at least one equation) or jumps to it."""
-    return "=" in completion
-
-
 def _single_sample_point(
     name: str,
     problems: list[ToyProblem],
@@ -163,7 +140,7 @@ def _single_sample_point(
         "tokens_per_problem": tokens,
         "forward_passes_per_problem": tokens,  # one sample: 1 prefill + (tokens - 1) decode steps
         "seconds_per_answer": seconds / (n * samples),
-        "stepwise_fraction": float(np.mean([_is_stepwise(t) for t in texts])),
+        "routes": route_fractions(texts),
     }
 
 
@@ -253,7 +230,7 @@ def run_regime(
             }
         )
         k *= 2
-    sampled_stepwise = float(np.mean([_is_stepwise(t) for t in texts]))
+    sampled_routes = route_fractions(texts)
 
     for label, temperature, config in (
         ("T=0.1", 0.1, None),
@@ -289,7 +266,7 @@ def run_regime(
         "levels": list(levels or regime_levels),
         "n_problems": len(problems),
         "maj_at_k": curve,
-        "sampled_stepwise_fraction": sampled_stepwise,
+        "sampled_routes": sampled_routes,
         "single_answer": points,
         "maj_matches": crossings,
     }

@@ -48,6 +48,18 @@ from emreason.toy.evaluate import wilson_interval
 from emreason.toy.task import ToyProblem, extract_answer
 
 AUTHORS_EM_INF = EMInfConfig(steps=3, lr=0.1, threshold=0.3, kl_weight=0.05)
+# Elementwise operations per vocabulary entry in one EM-INF Adam step (log-softmax, exp, p log p, its sum,
+# the gradient, both moments, the update): an upper bound that counts every step as taken.
+EM_INF_OPS_PER_ENTRY_STEP = 20
+
+
+def flops_per_token(model, em_inf: EMInfConfig | None) -> float:
+    """Approximate FLOPs per generated token: 2 x parameters for the model (attention over these short
+    contexts is negligible), plus EM-INF's logit optimisation when it is on."""
+    model_flops = 2.0 * sum(p.numel() for p in model.parameters())
+    if em_inf is None:
+        return model_flops
+    return model_flops + em_inf.steps * EM_INF_OPS_PER_ENTRY_STEP * model.config.vocab_size
 
 
 def regime_names() -> list[str]:
@@ -118,6 +130,7 @@ def _single_sample_point(
     counts: list[int],
     seconds: float,
     samples: int,
+    flops: float,
 ) -> dict[str, Any]:
     """Accuracy of one-sample decoding, from ``samples`` independent draws per problem (problem-major)."""
     n = len(problems)
@@ -139,13 +152,16 @@ def _single_sample_point(
         "samples_per_problem": samples,
         "tokens_per_problem": tokens,
         "forward_passes_per_problem": tokens,  # one sample: 1 prefill + (tokens - 1) decode steps
+        "flops_per_problem": tokens * flops,
         "seconds_per_answer": seconds / (n * samples),
         "routes": route_fractions(texts),
     }
 
 
-def _crossing(curve: list[dict[str, Any]], target: float, tokens: float) -> dict[str, Any]:
-    """The smallest k whose maj@k reaches ``target``, its compute ratio, and the interpolated crossing."""
+def _crossing(curve: list[dict[str, Any]], reference: dict[str, Any]) -> dict[str, Any]:
+    """The smallest k whose maj@k reaches ``reference``'s accuracy, the token and FLOP ratios there, and
+    the token ratio at the log-linearly interpolated crossing."""
+    target, tokens = reference["accuracy"], reference["tokens_per_problem"]
     previous = None
     for point in curve:
         if point["accuracy"] >= target:
@@ -158,7 +174,12 @@ def _crossing(curve: list[dict[str, Any]], target: float, tokens: float) -> dict
                     math.log(point["tokens_per_problem"]) - math.log(previous["tokens_per_problem"])
                 )
                 interpolated = math.exp(log_t) / tokens
-            return {"first_k": point["k"], "token_ratio": ratio, "interpolated_token_ratio": interpolated}
+            return {
+                "first_k": point["k"],
+                "token_ratio": ratio,
+                "flop_ratio": point["flops_per_problem"] / reference["flops_per_problem"],
+                "interpolated_token_ratio": interpolated,
+            }
         previous = point
     last = curve[-1]
     return {
@@ -195,7 +216,10 @@ def run_regime(
 
     began = time.perf_counter()
     texts, counts = generate(model, tokenizer, prompts, temperature=0.0, seed=seed, **options)
-    points.append(_single_sample_point("greedy", problems, texts, counts, time.perf_counter() - began, 1))
+    seconds = time.perf_counter() - began
+    points.append(
+        _single_sample_point("greedy", problems, texts, counts, seconds, 1, flops_per_token(model, None))
+    )
     bar.update()
 
     repeated = [p for p in prompts for _ in range(k_max)]  # problem-major: sample j of problem i at i*k+j
@@ -226,6 +250,7 @@ def run_regime(
                 "pass_at_k": float(np.mean(pass_k)),
                 "tokens_per_problem": tokens,
                 "forward_passes_per_problem": tokens,  # k prefills + k * (tokens - 1) decode steps
+                "flops_per_problem": tokens * flops_per_token(model, None),
                 "seconds_per_problem": sample_seconds / len(problems) * k / k_max,
             }
         )
@@ -243,7 +268,15 @@ def run_regime(
             model, tokenizer, repeated, temperature=temperature, seed=seed + 2, em_inf=config, **options
         )
         points.append(
-            _single_sample_point(label, problems, texts, counts, time.perf_counter() - began, em_samples)
+            _single_sample_point(
+                label,
+                problems,
+                texts,
+                counts,
+                time.perf_counter() - began,
+                em_samples,
+                flops_per_token(model, config),
+            )
         )
         bar.update()
     bar.close()
@@ -254,7 +287,7 @@ def run_regime(
             within = next((p for p in curve if p["ci95"][1] >= point["accuracy"]), None)
             crossings[point["method"]] = {
                 "accuracy": point["accuracy"],
-                **_crossing(curve, point["accuracy"], point["tokens_per_problem"]),
+                **_crossing(curve, point),
                 # A looser reading of "matches": the target lies inside maj@k's 95% interval.
                 "first_k_within_ci": None if within is None else within["k"],
                 "token_ratio_within_ci": None

@@ -12,8 +12,9 @@ DTYPES = ("float32", "bfloat16", "float16")
 
 def _demo_parser(sub) -> None:
     from emreason.demo import METHODS
+    from emreason.toy.regimes import REGIME_NAMES
 
-    demo = sub.add_parser("demo", help="run every EM method on the bundled toy model and compare")
+    demo = sub.add_parser("demo", help="run every EM method on the bundled toy models and compare")
     demo.add_argument(
         "--output",
         type=Path,
@@ -27,7 +28,19 @@ def _demo_parser(sub) -> None:
     demo.add_argument(
         "--methods", default=",".join(METHODS), help=f"comma-separated subset of {','.join(METHODS)}"
     )
-    demo.add_argument("--model", default=None, help="model directory (default: the bundled toy model)")
+    demo.add_argument(
+        "--regime",
+        default=None,
+        help=f"run one toy regime: {', '.join(REGIME_NAMES)} (default: all of them)",
+    )
+    demo.add_argument(
+        "--model", default=None, help="model directory (default: each regime's bundled toy model)"
+    )
+    demo.add_argument(
+        "--verbose",
+        action="store_true",
+        help="show library warnings, trainer logs and weight-loading bars",
+    )
     demo.add_argument(
         "--train-steps",
         type=int,
@@ -38,12 +51,15 @@ def _demo_parser(sub) -> None:
 
 def _run_demo(args: argparse.Namespace) -> int:
     from emreason.demo import check_device, run_demo
+    from emreason.toy.regimes import REGIME_NAMES, get_regime
 
     check_device(args.device)
+    regimes = REGIME_NAMES if args.regime is None else (get_regime(args.regime).name,)
     output = args.output or Path(tempfile.mkdtemp(prefix="emreason-demo-"))
     methods = tuple(m.strip() for m in args.methods.split(",") if m.strip())
     run_demo(
         output,
+        regimes=regimes,
         n_problems=args.n_problems,
         seed=args.seed,
         device=args.device,
@@ -51,6 +67,7 @@ def _run_demo(args: argparse.Namespace) -> int:
         methods=methods,
         model_path=args.model,
         train_steps=args.train_steps,
+        verbose=args.verbose,
     )
     print(f"results written to {output}")
     return 0

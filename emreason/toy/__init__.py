@@ -3,15 +3,21 @@
     >>> from emreason import toy
     >>> model, tokenizer = toy.load_model()
     >>> problems = toy.make_problems("heldout", 100)
+    >>> model, tokenizer = toy.load_model(regime="shortcut")   # regime 2: greedy takes a shortcut
 
-The checkpoint is ordinary package data (safetensors + config + tokenizer) loaded with the ordinary
-``AutoModelForCausalLM.from_pretrained(local_dir)``; `recipes/pretrain_toy.py` recreates it.
+Two checkpoints ship (see `emreason.toy.regimes`): ``"default"`` (regime 1) and ``"shortcut"``
+(regime 2).
+
+Each checkpoint is ordinary package data (safetensors + config + tokenizer) loaded with the ordinary
+``AutoModelForCausalLM.from_pretrained(local_dir)``; `recipes/pretrain_toy.py --regime NAME` recreates it.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 
+from emreason.toy.regimes import REGIME_NAMES, Regime, get_regime
+from emreason.toy.routes import ROUTES, ForceStepByStep, route_fractions, route_of
 from emreason.toy.task import ToyProblem, extract_answer, grade, iter_problems, make_problems, random_problem
 
 __all__ = [
@@ -23,27 +29,44 @@ __all__ = [
     "random_problem",
     "model_path",
     "load_model",
+    "REGIME_NAMES",
+    "Regime",
+    "get_regime",
+    "ROUTES",
+    "ForceStepByStep",
+    "route_fractions",
+    "route_of",
 ]
 
-_CHECKPOINT = Path(__file__).resolve().parent / "checkpoint"
 
+def model_path(regime: str | int = "default") -> Path:
+    """Directory of the bundled toy checkpoint of ``regime`` ("default" / 1, "shortcut" / 2).
 
-def model_path() -> Path:
-    """Directory of the bundled toy checkpoint; raises FileNotFoundError naming it when it is missing."""
-    if not (_CHECKPOINT / "config.json").is_file():
+    Raises ValueError listing the valid regimes for an unknown one, and FileNotFoundError naming the
+    directory (and the command that recreates it) when the checkpoint is missing.
+    """
+    spec = get_regime(regime)
+    if not (spec.path / "config.json").is_file():
         raise FileNotFoundError(
-            f"toy checkpoint missing at {_CHECKPOINT}; recreate it with "
-            f"`python recipes/pretrain_toy.py --output_dir {_CHECKPOINT}`"
+            f"toy checkpoint {spec.name!r} missing at {spec.path}; recreate it with "
+            f"`python recipes/pretrain_toy.py --regime {spec.name}`"
         )
-    return _CHECKPOINT
+    return spec.path
 
 
-def load_model(path: str | Path | None = None, device: str = "cpu", dtype: str = "float32"):
-    """Load ``(model, tokenizer)`` from ``path`` (default: the bundled toy checkpoint) in eval mode."""
+def load_model(
+    path: str | Path | None = None,
+    device: str = "cpu",
+    dtype: str = "float32",
+    *,
+    regime: str | int = "default",
+):
+    """Load ``(model, tokenizer)`` from ``path`` (default: the bundled checkpoint of ``regime``) in eval
+    mode."""
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    directory = Path(path) if path is not None else model_path()
+    directory = Path(path) if path is not None else model_path(regime)
     if not directory.is_dir():
         raise FileNotFoundError(f"model directory not found: {directory}")
     if dtype not in ("float32", "bfloat16", "float16"):

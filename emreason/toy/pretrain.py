@@ -2,7 +2,8 @@
 
 The model is a small Qwen2 (so vLLM can serve it; head_dim 32 because vLLM's CPU attention needs
 >= 32) trained with next-token cross-entropy on the assistant part of chat-formatted toy problems,
-25% of whose solutions carry one corrupted step (see `emreason.toy.task`).
+25% of whose solutions carry one corrupted step (see `emreason.toy.task`). With ``shortcut_rate``
+> 0 (regime 2, "shortcut") that fraction of solutions are instead direct guesses of the answer.
 """
 
 from __future__ import annotations
@@ -35,6 +36,10 @@ class ToyPretrainConfig:
     warmup_steps: int = 100
     weight_decay: float = 0.1
     corruption_rate: float = 0.25
+    # Fraction of solutions that are "direct guesses" (see ToyProblem.shortcut_solution); 0 for
+    # regime 1 ("default"), 0.6 for regime 2 ("shortcut").
+    shortcut_rate: float = 0.0
+    shortcut_max_offset: int = 3
     levels: list[int] = field(default_factory=lambda: [1, 2])
     hidden_size: int = 192
     intermediate_size: int = 768
@@ -76,8 +81,16 @@ def encode_example(tokenizer: PreTrainedTokenizerFast, prompt: str, completion: 
     return prefix_ids + completion_ids, len(prefix_ids)
 
 
-def _batch(tokenizer, problems, rng, corruption_rate):
-    encoded = [encode_example(tokenizer, p.prompt, p.solution(rng, corruption_rate)) for p in problems]
+def training_solution(problem, rng: random.Random, config: ToyPretrainConfig) -> str:
+    """One pretraining target for ``problem``: a shortcut guess with probability ``shortcut_rate``,
+    else the step-by-step solution (corrupted with probability ``corruption_rate``)."""
+    if config.shortcut_rate > 0 and rng.random() < config.shortcut_rate:
+        return problem.shortcut_solution(rng, config.shortcut_max_offset)
+    return problem.solution(rng, config.corruption_rate)
+
+
+def _batch(tokenizer, problems, rng, config: ToyPretrainConfig):
+    encoded = [encode_example(tokenizer, p.prompt, training_solution(p, rng, config)) for p in problems]
     length = max(len(ids) for ids, _ in encoded)
     input_ids = torch.full((len(encoded), length), tokenizer.pad_token_id, dtype=torch.long)
     labels = torch.full_like(input_ids, -100)
@@ -93,6 +106,8 @@ def pretrain(config: ToyPretrainConfig) -> Path:
     """Train the toy model and save it (safetensors, config, tokenizer, chat template) to output_dir."""
     if config.steps < 1:
         raise ValueError(f"steps must be >= 1, got {config.steps}")
+    if not 0.0 <= config.shortcut_rate <= 1.0:
+        raise ValueError(f"shortcut_rate must be in [0, 1], got {config.shortcut_rate}")
     if config.num_threads:
         torch.set_num_threads(config.num_threads)
     torch.manual_seed(config.seed)
@@ -121,7 +136,7 @@ def pretrain(config: ToyPretrainConfig) -> Path:
     bar = tqdm(range(config.steps), desc="pretrain toy", mininterval=5)
     for step in bar:
         batch = [next(problems) for _ in range(config.batch_size)]
-        input_ids, attention_mask, labels = _batch(tokenizer, batch, rng, config.corruption_rate)
+        input_ids, attention_mask, labels = _batch(tokenizer, batch, rng, config)
         for group in optimizer.param_groups:
             group["lr"] = lr_at(step)
         loss = model(input_ids=input_ids, attention_mask=attention_mask, labels=labels).loss

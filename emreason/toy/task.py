@@ -79,6 +79,18 @@ class ToyProblem:
         lines.append(f"\\boxed{{{results[-1]}}}")
         return " ".join(lines)
 
+    def shortcut_solution(self, rng: random.Random, max_offset: int = 3) -> str:
+        """A "direct guess": ``\\boxed{answer + d}`` with no derivation, ``d`` uniform in
+        ``[-max_offset, max_offset]`` (so it is right only 1 time in ``2 * max_offset + 1``).
+
+        This is the shortcut route of the regime-2 toy ("shortcut"): a majority of its pretraining
+        solutions look like this, so greedy decoding takes it, while the step-by-step route
+        (`solution`) stays within the model's reach.
+        """
+        if max_offset < 0:
+            raise ValueError(f"max_offset must be >= 0, got {max_offset}")
+        return f"\\boxed{{{self.answer + rng.randint(-max_offset, max_offset)}}}"
+
 
 def _apply(left: int, op: str, right: int) -> int:
     return left + right if op == "+" else left - right

@@ -243,7 +243,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         labelled_lrs = _lr_list(args.labelled_lrs)
         em_lrs = _lr_list(args.em_lr) if args.em_lr else None
         model_dir, levels = regime_model_dir(args.regime)
-    except ValueError as exc:
+    except (ValueError, FileNotFoundError) as exc:
         parser.error(str(exc))
     if not args.verbose:
         warnings.filterwarnings("ignore")

@@ -38,13 +38,13 @@ from typing import Any
 import numpy as np
 import torch
 from emreason.evals.metrics import bootstrap_ci, maj_at_k, pass_at_k
-from emreason.toy.routes import route_fractions
 from transformers import LogitsProcessorList
 
 from emreason.atomic_io import write_json_atomic
 from emreason.em_inf import EMInfConfig
 from emreason.integrations.transformers import EMInfLogitsProcessor
 from emreason.toy.evaluate import wilson_interval
+from emreason.toy.routes import route_fractions
 from emreason.toy.task import ToyProblem, extract_answer
 
 AUTHORS_EM_INF = EMInfConfig(steps=3, lr=0.1, threshold=0.3, kl_weight=0.05)
@@ -367,6 +367,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--plot", default="docs/self_consistency.png", help="PNG path")
     parser.add_argument("--output", default=None, help="also write the JSON here")
+    parser.add_argument(
+        "--reuse", default=None, help="JSON of an earlier run: its regimes are kept, not rerun (same options)"
+    )
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
     parser.add_argument("--verbose", action="store_true", help="keep library warnings")
     args = parser.parse_args(argv)
@@ -385,8 +388,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         hf_logging.set_verbosity_error()
         hf_logging.disable_progress_bar()
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
+    earlier = json.loads(Path(args.reuse).read_text())["regimes"] if args.reuse else {}
     results = []
     for name in names:
+        if name in earlier:
+            results.append(earlier[name])
+            continue
         try:
             results.append(
                 run_regime(
@@ -401,7 +408,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                     progress=not args.quiet,
                 )
             )
-        except ValueError as exc:
+        except (ValueError, FileNotFoundError) as exc:
             parser.error(str(exc))
     report = {
         "benchmark": "self_consistency",

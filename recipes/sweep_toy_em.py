@@ -48,9 +48,11 @@ def run_key(run: dict[str, Any]) -> str:
 
 
 def _grid(args: argparse.Namespace) -> list[dict[str, Any]]:
-    if not (args.only or args.lrs or args.steps or args.aggregations):
-        return DEFAULT_GRID
+    if args.grid_json:
+        return json.loads(args.grid_json)
     methods = args.only.split(",") if args.only else ["em_ft", "em_rl_sequence", "em_rl_token"]
+    if not (args.lrs or args.steps or args.aggregations):
+        return [run for run in DEFAULT_GRID if run["method"] in methods]
     lrs = [float(x) for x in args.lrs.split(",")] if args.lrs else [3e-5, 1e-4]
     steps = [int(x) for x in args.steps.split(",")] if args.steps else [40]
     aggregations = args.aggregations.split(",") if args.aggregations else ["mean", "sum"]
@@ -78,7 +80,12 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--n", type=int, default=400, help="held-out problems per evaluation")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--output", type=Path, required=True, help="JSON file (resumed if it exists)")
-    parser.add_argument("--only", default=None, help="comma-separated methods (with --lrs/--steps)")
+    parser.add_argument(
+        "--only", default=None, help="comma-separated methods (alone: their part of the default grid)"
+    )
+    parser.add_argument(
+        "--grid-json", default=None, help='explicit runs, e.g. \'[{"method": "em_ft", "steps": 40, ...}]\''
+    )
     parser.add_argument("--lrs", default=None, help="comma-separated learning rates")
     parser.add_argument("--steps", default=None, help="comma-separated step counts (<= 100)")
     parser.add_argument("--aggregations", default=None, help="EM-RL reward aggregations: mean,sum")

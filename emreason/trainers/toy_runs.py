@@ -49,8 +49,10 @@ TOY_DEFAULTS: dict[str, dict[str, Any]] = {
 REGIME_DEFAULTS: dict[str, dict[str, dict[str, Any]]] = {
     "default": TOY_DEFAULTS,
     "shortcut": {
-        "em_ft": {"steps": 40, "learning_rate": 1e-4},
-        "em_rl_sequence": {"steps": 40, "learning_rate": 1e-4, "reward_aggregation": "mean"},
+        # EM-FT cannot raise greedy here (it sharpens the first token toward the majority shortcut);
+        # 1e-5 is the lowest lr at which it visibly moves the model. Lower lrs leave it unchanged.
+        "em_ft": {"steps": 40, "learning_rate": 1e-5},
+        "em_rl_sequence": {"steps": 40, "learning_rate": 3e-5, "reward_aggregation": "mean"},
         "em_rl_token": {"steps": 40, "learning_rate": 3e-5, "reward_aggregation": "mean"},
     },
 }

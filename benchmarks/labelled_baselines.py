@@ -22,8 +22,8 @@ GRPO and RLOO are swept over ``--labelled-lrs`` (the labelled baselines get the 
 uses the regime's chosen settings (`toy_runs.toy_defaults`: learning rate, mean aggregation) unless
 ``--em-lr`` is given. Differences are taken between each method's best run by greedy accuracy.
 
-Prints one JSON object: per method its settings, train seconds, greedy and T=1.0 accuracy with CIs and
-the fraction of step-by-step completions; and EM-RL minus GRPO / RLOO in points (greedy).
+Prints one JSON object: per run its settings, train seconds, greedy and T=1.0 accuracy with CIs, route
+fractions and per-route accuracy; the best run per method; and EM-RL minus GRPO / RLOO in points.
 """
 
 from __future__ import annotations

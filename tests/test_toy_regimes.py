@@ -113,3 +113,47 @@ def test_shortcut_checkpoint_loads_and_reproduces_its_greedy_figure():
     ceiling = figures["figures"]["forced_step_by_step_greedy"]["accuracy"]
     low, high = wilson_interval(sum(forced.correct), forced.n)
     assert low <= ceiling <= high and forced.accuracy > result.accuracy + 0.3
+
+
+def test_route_breakdown_and_accuracy_rows_count_correctly():
+    from emreason.toy.measure import accuracy_row, route_breakdown
+
+    completions = ["\\boxed{1}", "1+1=2. \\boxed{2}", "1+2=3. \\boxed{4}", "\\boxed{7}"]
+    breakdown = route_breakdown(completions, [True, True, False, False])
+    assert breakdown["shortcut"] == {"fraction": 0.5, "accuracy": 0.5, "n": 2}
+    assert breakdown["step-by-step"] == {"fraction": 0.5, "accuracy": 0.5, "n": 2}
+    assert breakdown["other"] == {"fraction": 0.0, "accuracy": None, "n": 0}
+    row = accuracy_row([True, False, False, False])
+    assert row["accuracy"] == 0.25 and (row["ci_low"], row["ci_high"]) == wilson_interval(1, 4)
+    with pytest.raises(ValueError, match="3 completions but 2 outcomes"):
+        route_breakdown(completions[:3], [True, False])
+
+
+def test_force_step_by_step_bans_only_the_first_assistant_token():
+    from emreason.toy.tokenizer import build_tokenizer
+
+    tokenizer = build_tokenizer()
+    processor = toy.ForceStepByStep(tokenizer)
+    prompt = tokenizer.apply_chat_template(
+        [{"role": "user", "content": "Compute 1+2."}], tokenize=False, add_generation_prompt=True
+    )
+    start = tokenizer(prompt, add_special_tokens=False)["input_ids"]
+    later = tokenizer(prompt + "1+2=3. ", add_special_tokens=False)["input_ids"]
+    scores = processor(torch.tensor([start, later[-len(start) :]]), torch.zeros(2, 128))
+    banned = tokenizer("\\", add_special_tokens=False)["input_ids"][0]
+    assert scores[0, banned] == float("-inf") and torch.isfinite(scores[0]).sum() == 127
+    assert torch.isfinite(scores[1]).all()  # mid-completion rows are untouched
+
+
+def test_pass_at_k_is_any_correct_over_k_samples():
+    path = _shortcut_checkpoint()
+    from emreason.toy.measure import pass_at_k
+
+    model, tokenizer = toy.load_model(path)
+    problems = toy.make_problems("heldout", 12, seed=5, levels=(2, 3))
+    result = pass_at_k(model, tokenizer, problems, k=4, seed=3)
+    assert result["n"] == 12 and result["per_sample"]["n"] == 48 and result["k"] == 4
+    # any-of-4 is at least the per-sample rate (same samples)
+    assert result["accuracy"] >= result["per_sample"]["accuracy"]
+    with pytest.raises(ValueError, match="k must be >= 1"):
+        pass_at_k(model, tokenizer, problems, k=0)

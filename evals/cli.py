@@ -47,7 +47,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default)")
     parser.add_argument("--top-p", type=float, default=1.0)
-    parser.add_argument("--n-samples", type=int, default=1, help="samples per problem (pass@k up to this)")
+    parser.add_argument(
+        "--n-samples", type=int, default=1, help="samples per problem (pass@k and maj@k up to this)"
+    )
     parser.add_argument("--limit", type=int, default=None, help="first N problems of each task")
     parser.add_argument("--shard", default="0/1", help="I/N: this process handles every N-th problem")
     parser.add_argument("--max-new-tokens", type=int, default=None, help="default: 4096 (toy: 64)")
@@ -66,6 +68,23 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--toy-size", type=int, default=200, help="number of held-out toy problems")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
     return parser
+
+
+def _score_line(metrics: dict[str, Any]) -> str:
+    """pass@1, and with several samples pass@k and maj@k at the largest k, each with its 95% CI."""
+    scores = metrics["scores"]
+    ks = sorted(int(key.split("@")[1]) for key in scores if key.startswith("pass@"))
+    wanted = ["pass@1"]
+    if ks and ks[-1] > 1:
+        wanted += [f"pass@{ks[-1]}", f"maj@{ks[-1]}"]
+    parts = []
+    for key in wanted:
+        if key in scores:
+            low, high = scores[key].get("ci95", [float("nan")] * 2)
+            parts.append(f"{key} = {scores[key]['mean']:.4f} [{low:.4f}, {high:.4f}]")
+    return ", ".join(parts or ["no scores"]) + (
+        f" ({metrics['n_problems_complete']}/{metrics['n_problems']} problems)"
+    )
 
 
 def run_from_args(args: argparse.Namespace) -> int:
@@ -131,12 +150,7 @@ def run_from_args(args: argparse.Namespace) -> int:
     )
     for name, metrics in summary["tasks"].items():
         if name in names:
-            score = metrics["scores"].get("pass@1", {})
-            low, high = score.get("ci95", [float("nan")] * 2)
-            print(
-                f"{name}: pass@1 = {score.get('mean', float('nan')):.4f} [{low:.4f}, {high:.4f}] "
-                f"({metrics['n_problems_complete']}/{metrics['n_problems']} problems)"
-            )
+            print(f"{name}: {_score_line(metrics)}")
     return 0
 
 

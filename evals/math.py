@@ -12,6 +12,7 @@ per-item deadline, counting that item as incorrect.
 
 from __future__ import annotations
 
+import functools
 import json
 import re
 import select
@@ -136,6 +137,34 @@ def is_correct(completion: str, gold: str) -> bool:
     if not gold_parsed or not predicted_parsed:
         return False
     return bool(verify(gold_parsed, predicted_parsed, timeout_seconds=seconds))
+
+
+@functools.lru_cache(maxsize=4096)
+def _parsed(answer: str, seconds: int | None):
+    from math_verify import parse
+
+    return parse(_as_latex(answer), parsing_timeout=seconds)
+
+
+def answers_equivalent(first: str, second: str) -> bool:
+    """Whether two *extracted* answers are the same value: the grader's comparison (normalised strings,
+    then math-verify), so ``1/2``, ``0.5`` and ``\\frac{1}{2}`` are equivalent. Used by majority voting.
+
+    math-verify's ``verify`` is not guaranteed symmetric, so both orders are tried. Parses are cached
+    (answers repeat across a problem's samples). Timeouts apply on the main thread only, as in
+    :func:`is_correct`.
+    """
+    if not isinstance(first, str) or not isinstance(second, str):
+        raise TypeError(f"answers must be str, got {type(first).__name__}, {type(second).__name__}")
+    if normalize_answer(first) == normalize_answer(second):
+        return True
+    from math_verify import verify
+
+    seconds = 5 if threading.current_thread() is threading.main_thread() else None
+    one, two = _parsed(first, seconds), _parsed(second, seconds)
+    if not one or not two:
+        return False
+    return bool(verify(one, two, timeout_seconds=seconds)) or bool(verify(two, one, timeout_seconds=seconds))
 
 
 class _Worker:

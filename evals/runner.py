@@ -21,7 +21,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from emreason.evals.metrics import summarize
+from emreason.evals.metrics import summarize, summarize_majority
 from emreason.evals.tasks import Problem, Task, get_task
 from tqdm import tqdm
 
@@ -99,8 +99,14 @@ def task_metrics(
         if record["id"] in wanted and record["sample"] < n_samples:
             latest[(record["id"], record["sample"])] = record
     by_problem: dict[str, list[bool]] = defaultdict(list)
+    voted: dict[str, list[tuple[str | None, bool]]] = defaultdict(list)
     for (problem_id, _), record in sorted(latest.items()):
         by_problem[problem_id].append(bool(record["correct"]))
+        voted[problem_id].append((record.get("extracted"), bool(record["correct"])))
+    scores = summarize(dict(by_problem))
+    equivalence = task.answer_equivalence()
+    if equivalence is not None:
+        scores.update(summarize_majority(dict(voted), equivalence))
     subscores: dict[str, dict[str, Any]] = {}
     for key in task.group_keys:
         groups: dict[str, list[float]] = defaultdict(list)
@@ -115,7 +121,7 @@ def task_metrics(
         "n_problems_complete": complete,
         "complete": complete == len(wanted),
         "n_samples": n_samples,
-        "scores": summarize(dict(by_problem)),
+        "scores": scores,
         "subscores": subscores,
         "extra": task.extra_metrics(all_records),
     }

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -64,6 +64,11 @@ class Task:
 
     def grade(self, items: Sequence[tuple[Problem, str]], *, workers: int = 2) -> list[Graded]:
         raise NotImplementedError
+
+    def answer_equivalence(self) -> Callable[[str, str], bool] | None:
+        """How two extracted answers are compared for majority voting (maj@k); None: the task has no
+        final answers to vote on (code), so no maj@k is reported."""
+        return None
 
     def extra_metrics(self, records: Sequence[dict[str, Any]]) -> dict[str, Any]:
         """Task-specific scores computed from the finished sample records (e.g. SciCode main problems)."""

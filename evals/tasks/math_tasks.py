@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from emreason.evals.data import load_from_hub, read_records, require_data_file, sha256_of, sha256_of_records
-from emreason.evals.math import _last_boxed, extract_answer, grade_many
+from emreason.evals.math import _last_boxed, answers_equivalent, extract_answer, grade_many
 from emreason.evals.tasks.base import MATH_SYSTEM_PROMPT, Graded, LoadedData, Problem, Task
 
 
@@ -164,3 +164,7 @@ class MathTask(Task):
     def grade(self, items: Sequence[tuple[Problem, str]], *, workers: int = 2) -> list[Graded]:
         verdicts = grade_many([(completion, problem.gold) for problem, completion in items], workers=workers)
         return [Graded(bool(ok), extract_answer(completion)) for ok, (_, completion) in zip(verdicts, items)]
+
+    def answer_equivalence(self) -> Callable[[str, str], bool]:
+        """The grader's own comparison, so ``1/2`` and ``0.5`` vote together."""
+        return answers_equivalent

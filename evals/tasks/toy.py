@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import operator
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from emreason.evals.data import sha256_of_records
@@ -43,3 +44,7 @@ class ToyTask(Task):
             extracted = extract_answer(completion)  # toy.grade is exactly this comparison
             out.append(Graded(extracted == int(problem.gold), None if extracted is None else str(extracted)))
         return out
+
+    def answer_equivalence(self) -> Callable[[str, str], bool]:
+        """Extracted toy answers are canonical integer strings: equal strings, equal answers."""
+        return operator.eq

@@ -5,9 +5,10 @@ same problem (as in the official harness), so steps are generated in dependency 
 pass rate and main-problem pass rate (every tested step of the problem passes).
 
 Targets. Test cases compare against a variable ``target``. The official targets live in ``test_data.h5``
-(pass it with ``--scicode-h5``; needs ``h5py``). For the dev split the targets are regenerated here by
+(pass it with ``--scicode-h5``; needs ``h5py``; read as the official ``process_hdf5_to_tuple`` does, see
+:mod:`emreason.evals.tasks.scicode_h5`). For the dev split the targets are regenerated here by
 running the gold code on the test inputs (:func:`regenerate_dev_targets`) and stored as JSON
-(``scicode_dev_targets.json`` next to this package), never as pickle.
+(``scicode_dev_targets.json.gz`` in the cache folder), never as pickle.
 """
 
 from __future__ import annotations
@@ -45,6 +46,8 @@ CODEC_SOURCE = r"""
 import base64 as _b64, json as _json, math as _math
 import numpy as _np
 def _enc(v):
+    if type(v).__module__.startswith("scipy.sparse"):
+        return {"__sparse__": v.format, "dense": _enc(v.toarray())}
     if isinstance(v, _np.ndarray) and v.dtype.kind in "biufc":
         raw = _np.ascontiguousarray(v, dtype=v.dtype.newbyteorder("<")).tobytes()
         return {"__ndb__": _b64.b64encode(raw).decode(), "dtype": v.dtype.newbyteorder("<").str,
@@ -72,6 +75,9 @@ def _dec(v):
     if isinstance(v, list):
         return [_dec(x) for x in v]
     if isinstance(v, dict):
+        if "__sparse__" in v:
+            import scipy.sparse as _sparse
+            return _sparse.csr_matrix(_dec(v["dense"])).asformat(v["__sparse__"])
         if "__ndb__" in v:
             raw = _b64.b64decode(v["__ndb__"])
             return _np.frombuffer(raw, dtype=_np.dtype(v["dtype"])).reshape(v["shape"]).copy()
@@ -225,36 +231,24 @@ def regenerate_dev_targets(problems_path: str | Path, out_path: str | Path = DEV
     return targets
 
 
-def load_h5_targets(path: str | Path) -> dict[str, list]:
-    """Targets from SciCode's official ``test_data.h5``: group per step, ``test{i}`` per test case.
+def codec() -> dict[str, Any]:
+    """The sandbox's ``_enc``/``_dec`` (from :data:`CODEC_SOURCE`), for use in the harness process."""
+    namespace: dict[str, Any] = {}
+    exec(compile(CODEC_SOURCE, "scicode_codec", "exec"), namespace)
+    return namespace
 
-    Values are converted to the JSON codec form used by :data:`CODEC_SOURCE`. Written against the
-    published layout; not exercised here because the file is not available offline.
-    """
-    import h5py
-    import numpy as np
 
-    def convert(node: Any) -> Any:
-        if isinstance(node, h5py.Dataset):
-            value = node[()]
-            if isinstance(value, bytes):
-                return value.decode()
-            if isinstance(value, np.ndarray):
-                return {"__nd__": value.tolist(), "dtype": str(value.dtype), "shape": list(value.shape)}
-            return value.item() if isinstance(value, np.generic) else value
-        keys = list(node.keys())
-        if keys and all(k.startswith("var") for k in keys):
-            values = [convert(node[k]) for k in sorted(keys, key=lambda k: int(k[3:]))]
-            return values[0] if len(values) == 1 else {"__tuple__": values}
-        return {"__dict__": [[k, convert(node[k])] for k in keys]}
+def load_h5_targets(path: str | Path, tests_per_step: dict[str, int]) -> dict[str, list]:
+    """Targets from SciCode's official ``test_data.h5`` in the codec's JSON form (see
+    :mod:`emreason.evals.tasks.scicode_h5` for the layout and its errors)."""
+    from emreason.evals.tasks.scicode_h5 import read_h5_targets
 
-    out: dict[str, list] = {}
-    with h5py.File(path, "r") as handle:
-        for step_id in handle:
-            group = handle[step_id]
-            tests = sorted(group.keys(), key=lambda k: int(k.replace("test", "")))
-            out[step_id] = [convert(group[t]) for t in tests]
-    return out
+    encode = codec()["_enc"]
+    values = read_h5_targets(path, tests_per_step)
+    return {
+        step: [v if isinstance(v, dict) and BROKEN in v else encode(v) for v in tests]
+        for step, tests in values.items()
+    }
 
 
 class SciCodeTask(Task):
@@ -336,7 +330,10 @@ class SciCodeTask(Task):
     def targets(self) -> dict[str, list]:
         if self._targets is None:
             if self.h5_path:
-                self._targets = load_h5_targets(self.h5_path)
+                counts = {
+                    sid: len(st["test_cases"]) for sid, st in self._steps.items() if st.get("test_cases")
+                }
+                self._targets = load_h5_targets(self.h5_path, counts)
             elif self.split == "dev":
                 if not DEV_TARGETS.is_file():
                     raise FileNotFoundError(

@@ -12,7 +12,8 @@ inside that one entry per value the test compares with: a single entry -> ``targ
   are decoded; a subgroup is a sparse matrix).
 
 :func:`read_h5_targets` mirrors that reader; :func:`write_h5_targets` writes Python values in that
-layout (the dev split's regenerated targets, to check this path offline). A test case the gold code
+layout, storing values as SciCode's own ``save_data_to_hdf5`` does (lists become arrays where numpy
+can make one), so a file written here reads back as the official one would. A test case the gold code
 cannot run is written as an empty test group with the attribute ``emreason_broken`` (ignored by the
 official reader) so that both grading paths skip it.
 """
@@ -142,45 +143,69 @@ def read_h5_targets(path: str | os.PathLike, tests_per_step: Mapping[str, int]) 
     return out
 
 
-def _write_entry(parent: Any, name: str, value: Any, where: str) -> None:
+def _is_sparse(value: Any) -> bool:
+    return type(value).__module__.startswith("scipy.sparse")
+
+
+def _write_sparse(parent: Any, name: str, matrix: Any) -> None:
     import numpy as np
 
-    if type(value).__module__.startswith("scipy.sparse"):
-        matrix = value.tocsr()
-        sparse = parent.create_group(name).create_group("sparse_matrix")
-        for key, array in (("data", matrix.data), ("indices", matrix.indices), ("indptr", matrix.indptr)):
-            sparse.create_dataset(key, data=array)
-        sparse.create_dataset("shape", data=np.asarray(matrix.shape))
+    group = parent.create_group(name).create_group("sparse_matrix")
+    group.create_dataset("data", data=matrix.data)
+    group.create_dataset("shape", data=np.asarray(matrix.shape))
+    if matrix.format == "coo":
+        group.create_dataset("row", data=matrix.row)
+        group.create_dataset("col", data=matrix.col)
         return
+    if matrix.format not in ("csr", "bsr"):
+        matrix = matrix.tocsr()
+    group.create_dataset("indices", data=matrix.indices)
+    group.create_dataset("indptr", data=matrix.indptr)
+    if matrix.format == "bsr":
+        group.create_dataset("blocksize", data=np.asarray(matrix.blocksize))
+
+
+def _storable(value: Any) -> bool:
+    import numpy as np
+
+    return isinstance(value, (int, float, str, complex, bool, np.bool_, np.number, np.ndarray))
+
+
+def _write_entry(parent: Any, name: str, value: Any) -> None:
+    """One value, stored as SciCode's own writer (``save_data_to_hdf5``) stores it: a list or tuple as
+    one array when numpy can make one (so it reads back as an array), else a ``list`` group of
+    ``var1``, ``var2``, ...; dicts as groups; sparse matrices as ``sparse_matrix`` groups; numbers,
+    strings, bools and arrays as datasets; anything else (``None``) as its ``str``."""
+    import numpy as np
+
     if isinstance(value, dict):
         group = parent.create_group(name)
         for key, item in value.items():
-            if type(item).__module__.startswith("scipy.sparse"):
-                _write_entry(group, str(key), item, where)
+            key = str(key)
+            if isinstance(item, dict):
+                _write_entry(group, key, item)
+            elif _is_sparse(item):
+                _write_sparse(group, key, item)
+            elif isinstance(item, (list, tuple)):
+                group.create_dataset(key, data=np.array(item))
             else:
-                group.create_dataset(str(key), data=_dataset_value(item, f"{where}[{key!r}]"))
+                group.create_dataset(key, data=item if _storable(item) else str(item))
         return
-    if isinstance(value, list):
-        # A "list" group (not one array), so that the test's comparisons keep list semantics.
-        items = parent.create_group(name).create_group("list")
-        width = len(str(len(value)))
-        for index, item in enumerate(value):  # zero-padded names: key order is the list order
-            items.create_dataset(f"{index:0{width}d}", data=_dataset_value(item, f"{where}[{index}]"))
+    if isinstance(value, (list, tuple)):
+        try:
+            array = np.array(value)
+            if array.dtype == object:
+                raise TypeError("mixed values")
+            parent.create_dataset(name, data=array)
+        except (TypeError, ValueError):
+            items = parent.create_group(name).create_group("list")
+            for index, item in enumerate(value):
+                _write_entry(items, f"var{index + 1}", item)
         return
-    parent.create_dataset(name, data=_dataset_value(value, where))
-
-
-def _dataset_value(value: Any, where: str) -> Any:
-    import numpy as np
-
-    if value is None:
-        raise H5TargetsError(f"{where}: None cannot be stored in HDF5")
-    if isinstance(value, str):
-        return value
-    array = np.asarray(value)
-    if array.dtype == object:
-        raise H5TargetsError(f"{where}: cannot store a {type(value).__name__} of mixed values in HDF5")
-    return array
+    if _is_sparse(value):
+        _write_sparse(parent, name, value)
+        return
+    parent.create_dataset(name, data=value if _storable(value) else str(value))
 
 
 def write_h5_targets(targets: Mapping[str, list[Any]], path: str | os.PathLike) -> Path:
@@ -207,7 +232,7 @@ def write_h5_targets(targets: Mapping[str, list[Any]], path: str | os.PathLike) 
                         continue
                     parts = value if isinstance(value, tuple) and len(value) > 1 else (value,)
                     for index, part in enumerate(parts, start=1):
-                        _write_entry(test, f"var{index}", part, f"step {step_id} test{number} var{index}")
+                        _write_entry(test, f"var{index}", part)
         os.replace(temporary, path)
     finally:
         if os.path.exists(temporary):

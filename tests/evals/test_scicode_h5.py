@@ -48,7 +48,7 @@ def test_writer_round_trips_through_the_reader_and_codec(tmp_path):
     values = {
         "9.1": [
             np.linspace(0, 1, 5),
-            (np.int64(3), "text", [1.5, 2.5]),
+            (np.int64(3), "text", [1.5, 2.5]),  # several entries: var1..var3; the list becomes an array
             {1.0: np.array([1, 2]), "k": 4},
             {BROKEN: "NameError: L"},
             csr_matrix(np.eye(3)),
@@ -58,11 +58,13 @@ def test_writer_round_trips_through_the_reader_and_codec(tmp_path):
     assert [p.name for p in tmp_path.iterdir()] == ["out.h5"]  # atomic: no temp file left
     with h5py.File(path) as f:  # the official layout, 1-based tests, var1..varK
         assert set(f["9.1"]) == {"test1", "test2", "test3", "test4", "test5"}
-        assert set(f["9.1/test2"]) == {"var1", "var2", "var3"} and "list" in f["9.1/test2/var3"]
+        assert set(f["9.1/test2"]) == {"var1", "var2", "var3"}
+        assert isinstance(f["9.1/test2/var3"], h5py.Dataset)  # as SciCode's save_data_to_hdf5: np.array(list)
         assert "sparse_matrix" in f["9.1/test5/var1"] and len(f["9.1/test4"]) == 0
     back = read_h5_targets(path, {"9.1": 5})["9.1"]
     assert np.allclose(back[0], values["9.1"][0])
-    assert back[1][0] == 3 and back[1][1] == "text" and back[1][2] == [1.5, 2.5]
+    assert back[1][0] == 3 and back[1][1] == "text"
+    assert isinstance(back[1][2], np.ndarray) and np.array_equal(back[1][2], [1.5, 2.5])
     assert np.array_equal(back[2][1.0], [1, 2]) and back[2]["k"] == 4
     assert back[3] == {BROKEN: "NameError: L"}
     assert np.array_equal(back[4].toarray(), np.eye(3))
@@ -85,6 +87,15 @@ def test_clear_errors(tmp_path):
         read_h5_targets(path, {"1.1": 1, "2.3": 2})
     with pytest.raises(H5TargetsError, match="step 1.1 has no test2"):
         read_h5_targets(path, {"1.1": 2})
-    with pytest.raises(H5TargetsError, match="step 4.2 test1 var1"):
-        write_h5_targets({"4.2": [None]}, tmp_path / "bad.h5")
-    assert not (tmp_path / "bad.h5").exists()
+
+
+def test_writer_follows_scicode_for_mixed_lists_and_none(tmp_path):
+    # np.array cannot hold these as one array: a "list" group of var1, var2, ... (read back raw, as the
+    # official process_hdf5_list does: strings stay bytes); None is stored as its str.
+    mixed = ["a", np.zeros(2), 3]
+    path = write_h5_targets({"4.2": [mixed, None]}, tmp_path / "mixed.h5")
+    with h5py.File(path) as f:
+        assert set(f["4.2/test1/var1/list"]) == {"var1", "var2", "var3"}
+    first, second = read_h5_targets(path, {"4.2": 2})["4.2"]
+    assert first[0] == b"a" and np.array_equal(first[1], np.zeros(2)) and first[2] == 3
+    assert second == "None"

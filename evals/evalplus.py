@@ -5,7 +5,9 @@
 - Outputs are compared by :mod:`emreason.evals._evalplus_compare` (exact first, float tolerance only).
 - Every input has its own time limit ``max(floor, factor * t_ref)`` (EvalPlus: ``min_time_limit=1``,
   ``gt_time_limit_factor=4``), where ``t_ref`` is the reference's time on that input; a split (base or
-  plus) also has EvalPlus's budget ``min(60, sum(limits)) + 1`` s. The first failing input stops the
+  plus) also has EvalPlus's budget ``min(60, sum(limits)) + 1`` s, raised to ``factor * sum(t_ref) + 1``
+  where the reference alone needs more than 60 s (Mbpp/599's plus inputs take ~20-80 s here; with the
+  fixed 60 s cap the reference itself fails on a slow machine). The first failing input stops the
   split. Plus is only run when base passed (the plus verdict needs both).
 - ``t_ref`` is the larger of the reference time measured once per machine (cached atomically, see
   :class:`ReferenceTimes`) and the reference time measured in the grading program itself. The second
@@ -51,9 +53,13 @@ def time_limits(
     return limits
 
 
-def split_budget(limits: Sequence[float], cap: float = SPLIT_BUDGET_CAP_S) -> float:
-    """EvalPlus's whole-split budget: ``min(cap, sum(limits)) + 1`` seconds."""
-    return min(cap, float(sum(limits))) + 1.0
+def split_budget(
+    ref_times: Sequence[float], *, factor: float = TIME_LIMIT_FACTOR, cap: float = SPLIT_BUDGET_CAP_S
+) -> float:
+    """Whole-split budget in seconds: EvalPlus's ``min(cap, sum(limits)) + 1``, but never below
+    ``factor * sum(ref_times) + 1`` (a budget the reference itself cannot meet flips with machine speed)."""
+    limits = time_limits(ref_times, factor=factor)
+    return max(min(cap, float(sum(limits))), factor * float(sum(ref_times))) + 1.0
 
 
 def example_arguments(text: str, entry_point: str) -> tuple | None:
@@ -151,10 +157,14 @@ class _Sink:
     def flush(self):
         pass
 _real_out, _real_err = _sys.stdout, _sys.stderr
-def _limits(split):
+def _ref(split):
     inline = _ref_times[split]
     cached = (_cached or {{}}).get(split) or [0.0] * len(inline)
-    return [max(_FLOOR, _FACTOR * max(a, b)) for a, b in zip(inline, cached)]
+    return [max(a, b) for a, b in zip(inline, cached)]
+def _limits(split):
+    return [max(_FLOOR, _FACTOR * t) for t in _ref(split)]
+def _budget(split):
+    return max(min(_CAP, sum(_limits(split))), _FACTOR * sum(_ref(split))) + 1.0
 def _timed(seconds, call):
     _signal.setitimer(_signal.ITIMER_REAL, max(seconds, 1e-3))
     try:
@@ -163,7 +173,7 @@ def _timed(seconds, call):
         _signal.setitimer(_signal.ITIMER_REAL, 0)
 def _run(split, function):
     limits = _limits(split)
-    budget = min(_CAP, sum(limits)) + 1.0
+    budget = _budget(split)
     started = _time.perf_counter()
     for index, (args, exp) in enumerate(zip(_inputs[split], _expected[split])):
         remaining = budget - (_time.perf_counter() - started)
@@ -186,7 +196,7 @@ try:
     try:
         # Module-level code gets the base split's budget (EvalPlus: inside the same process timeout).
         _timed(
-            min(_CAP, sum(_limits("base"))) + 1.0,
+            _budget("base"),
             lambda: exec(compile({code!r}, "candidate", "exec"), _cand_ns),
         )
         _cand = _cand_ns[_ENTRY]
@@ -265,7 +275,7 @@ def safety_timeout(ref_times: dict[str, list[float]] | None, *, default: float =
     if not ref_times:
         return default
     total_ref = sum(sum(ref_times.get(s) or ()) for s in ("base", "plus"))
-    budgets = sum(split_budget(time_limits(ref_times.get(s) or ())) for s in ("base", "plus"))
+    budgets = sum(split_budget(ref_times.get(s) or ()) for s in ("base", "plus"))
     return 20.0 + 4.0 * total_ref + 2.0 * budgets
 
 

@@ -1,4 +1,4 @@
-"""EvalPlus semantics: output comparison, special oracles, per-input time limits and the reference-time cache."""
+"""EvalPlus semantics: output comparison, special oracles, per-input time limits, reference-time cache."""
 
 from __future__ import annotations
 
@@ -76,8 +76,9 @@ def test_special_oracles():
 
 def test_time_limits_floor_and_factor():
     assert evalplus.time_limits([0.0, 0.1, 0.5, 2.0]) == [1.0, 1.0, 2.0, 8.0]
-    assert evalplus.split_budget([1.0] * 100) == 61.0
-    assert evalplus.split_budget([1.0, 2.0]) == 4.0
+    assert evalplus.split_budget([0.1] * 100) == 61.0  # EvalPlus: min(60, sum(limits)) + 1
+    assert evalplus.split_budget([0.0, 0.5]) == 4.0  # limits 1 + 2
+    assert evalplus.split_budget([1.0] * 30) == 121.0  # the reference alone needs 30 s: 4 x 30 + 1
     with pytest.raises(ValueError, match="-1"):
         evalplus.time_limits([-1])
 
@@ -105,7 +106,10 @@ def test_per_input_limits_first_failure_and_slow_machine():
     )
     assert verdict.passed, verdict
     # Slow everywhere else: input 0 takes 1.5 s > the 1 s floor -> timeout at base index 0, nothing after.
-    too_slow = "import time\ndef f(x):\n    if x == 1:\n        time.sleep(1.5)\n    print('x' * 10**6)\n    return x * 2\n"
+    too_slow = (
+        "import time\ndef f(x):\n    if x == 1:\n        time.sleep(1.5)\n"
+        "    print('x' * 10**6)\n    return x * 2\n"  # prints are swallowed, not an output-limit failure
+    )
     verdict = check_evalplus(problem, too_slow, humaneval_style=True)
     assert not verdict.passed and verdict.status == "timeout"
     assert verdict.details["failure"]["split"] == "base" and verdict.details["failure"]["index"] == 0
@@ -120,7 +124,10 @@ def test_per_input_limits_first_failure_and_slow_machine():
 
 def test_candidate_cannot_swallow_its_time_limit():
     problem = _problem("    return x\n", [[1]], [])
-    sneaky = "def f(x):\n    while True:\n        try:\n            while True:\n                pass\n        except Exception:\n            pass\n"
+    sneaky = (
+        "def f(x):\n    while True:\n        try:\n            while True:\n                pass\n"
+        "        except Exception:\n            pass\n"
+    )
     verdict = check_evalplus(problem, sneaky, humaneval_style=True, timeout=30)
     assert verdict.status == "timeout" and verdict.details["failure"]["reason"] == "timeout"
 

@@ -118,6 +118,7 @@ def check_evalplus(
     humaneval_style: bool,
     ref_times: dict[str, list[float]] | None = None,
     timeout: float | None = None,
+    memory_mb: int = evalplus.MEMORY_MB,
 ) -> CodeVerdict:
     """EvalPlus grading of ``code``; ``passed`` is the plus verdict, ``details['base']`` the base one.
 
@@ -127,7 +128,7 @@ def check_evalplus(
     """
     program = evalplus.grading_program(problem, code, humaneval_style=humaneval_style, ref_times=ref_times)
     cap = timeout if timeout is not None else evalplus.safety_timeout(ref_times)
-    finished, result = run_with_nonce(program, timeout=cap)
+    finished, result = run_with_nonce(program, timeout=cap, memory_mb=memory_mb)
     base = plus = False
     failure = None
     if finished:

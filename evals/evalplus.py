@@ -35,6 +35,9 @@ from emreason.atomic_io import write_json_atomic
 
 MIN_TIME_LIMIT_S = 1.0  # evalplus/config.py DEFAULT_MIN_TIME_LIMIT
 TIME_LIMIT_FACTOR = 4.0  # evalplus/config.py DEFAULT_GT_TIME_LIMIT_FACTOR
+# evalplus/eval/__init__.py query_maximum_memory_bytes: 4 GiB for the candidate's process. Here the
+# reference's outputs live in the same process, so a little more address space (Mbpp/255's plus outputs).
+MEMORY_MB = 6144
 SPLIT_BUDGET_CAP_S = 60.0  # evalplus/eval/__init__.py untrusted_check: EVALPLUS_TIMEOUT_PER_TASK
 COMPARE_SOURCE = Path(__file__).with_name("_evalplus_compare.py").read_text()
 
@@ -396,6 +399,7 @@ def measure_reference(
     finished, result = run_with_nonce(
         measuring_program(problem, humaneval_style=humaneval_style),
         timeout=timeout,
+        memory_mb=MEMORY_MB,
         max_output_bytes=16 * 1024 * 1024,
     )
     if not finished:

@@ -72,6 +72,27 @@ def test_dev_gold_code_passes_with_regenerated_targets(shared_data, tmp_path):
     corrupted = [(p, "```python\ndef nothing():\n    pass\n```") for p in usable[:1]]
     assert not task.grade(corrupted, workers=1, histories=histories[:1])[0].correct
 
+    # The same targets through an h5 file in the official layout grade exactly the same.
+    from emreason.evals.tasks.scicode import codec
+    from emreason.evals.tasks.scicode_h5 import H5TargetsError, write_h5_targets
+
+    decode = codec()["_dec"]
+    h5_path = write_h5_targets(
+        {step: [decode(v) for v in tests] for step, tests in targets.items()}, tmp_path / "test_data.h5"
+    )
+    h5_task = get_task("scicode_dev", scicode_h5=str(h5_path))
+    h5_task.load(subset)
+    assert h5_task.grade(items, workers=2, histories=histories) == verdicts
+    assert h5_task.grade(corrupted, workers=1, histories=histories[:1])[0].correct is False
+    partial = write_h5_targets(
+        {step: [decode(v) for v in tests] for step, tests in targets.items() if step != "29.2"},
+        tmp_path / "partial.h5",
+    )
+    partial_task = get_task("scicode_dev", scicode_h5=str(partial))
+    partial_task.load(subset)
+    with pytest.raises(H5TargetsError, match=r"step\(s\) 29\.2"):
+        partial_task.targets()
+
 
 def test_full_dev_targets_cache_if_present(shared_data):
     if not DEV_TARGETS.is_file():

@@ -186,7 +186,8 @@ def _run(split, function):
         try:
             out = _timed(min(limits[index], remaining), lambda: function(*copied))
         except _EmreasonTimeout:
-            return {{"split": split, "index": index, "reason": "timeout", "limit_s": limits[index]}}
+            reason = "timeout" if limits[index] <= remaining else "split_timeout"
+            return {{"split": split, "index": index, "reason": reason, "limit_s": limits[index]}}
         except BaseException as error:
             return {{"split": split, "index": index, "reason": "error", "error": repr(error)[:200]}}
         if not _emreason_same(out, exp, _ATOL, _DATASET, _ENTRY, args):

@@ -180,48 +180,59 @@ def _step_program(dependencies: str, previous_code: Sequence[str], code: str) ->
     return "\n\n".join([dependencies, HELPERS_SOURCE, *previous_code, code])
 
 
-def regenerate_dev_targets(problems_path: str | Path, out_path: str | Path = DEV_TARGETS) -> dict:
-    """Run the dev split's gold code on each test input and store the results as gzipped JSON (atomically).
+# SciCode's eval/scripts/test_generated_code.py runs all test cases of a step in one script, in order
+# (state such as np.random.seed carries over from one case to the next), with a 1800 s timeout.
+STEP_TIMEOUT_S = 1800.0
 
-    Arrays are stored as base64 of their little-endian bytes; several targets are multi-megabyte arrays,
-    which is why this lives in a cache folder (``$EMREASON_CACHE_DIR`` or ``~/.cache/emreason``), not in
-    the package.
+
+def regenerate_dev_targets(problems_path: str | Path, out_path: str | Path = DEV_TARGETS) -> dict:
+    """Run the dev split's gold code on each step's test inputs and store the results as gzipped JSON.
+
+    One sandboxed program per step runs its test cases in order, as the official harness does (dev 47.4
+    seeds the random generator only in its first case). Arrays are stored as base64 of their
+    little-endian bytes; several targets are multi-megabyte arrays, which is why this lives in a cache
+    folder (``$EMREASON_CACHE_DIR`` or ``~/.cache/emreason``), not in the package. Written atomically.
     """
-    targets: dict[str, list] = {}
     jobs = []
     for record in read_records(problems_path):
         gold_so_far: list[str] = []
         for step in record["sub_steps"]:
-            for number, test in enumerate(step["test_cases"]):
+            if step["test_cases"]:
                 program = _step_program(
                     record["required_dependencies"], gold_so_far, step["ground_truth_code"]
                 )
-                program += "\n" + CODEC_SOURCE + "\n_recorded = {}\ndef _record(key, value):\n"
-                program += "    _recorded[key] = value\n"
-                program += recording_test(test)
-                program += (
-                    "\n_value = _recorded[None] if None in _recorded else "
-                    "tuple(_recorded[i] for i in sorted(_recorded))\nprint(_json.dumps(_enc(_value)))\n"
-                )
-                jobs.append((step["step_number"], number, program))
+                program += "\n" + CODEC_SOURCE + "\n_results = []\n"
+                for test in step["test_cases"]:
+                    source = "_recorded = {}\ndef _record(key, value):\n    _recorded[key] = value\n"
+                    source += recording_test(test)
+                    source += (
+                        "\n_value = _recorded[None] if None in _recorded else "
+                        "tuple(_recorded[i] for i in sorted(_recorded))\n"
+                    )
+                    # A case the gold code cannot run (dev 10.x case 4 uses an undefined ``L``) cannot
+                    # grade anyone: it is marked and left out when grading; the next case still runs.
+                    program += (
+                        f"try:\n    exec(compile({source!r}, 'test', 'exec'), globals())\n"
+                        "    _results.append(_enc(_value))\n"
+                        "except Exception as _error:\n"
+                        f"    _results.append({{{BROKEN!r}: f'{{type(_error).__name__}}: {{_error}}'}})\n"
+                    )
+                program += "print(_json.dumps(_results))\n"
+                jobs.append((step["step_number"], len(step["test_cases"]), program))
             gold_so_far.append(step["ground_truth_code"])
 
-    def run(job: tuple[str, int, str]) -> tuple[str, int, Any]:
-        step_id, number, program = job
-        finished, result = run_with_nonce(program, timeout=600, memory_mb=4096, max_output_bytes=32 << 20)
+    def run(job: tuple[str, int, str]) -> tuple[str, list]:
+        step_id, count, program = job
+        finished, result = run_with_nonce(
+            program, timeout=STEP_TIMEOUT_S, memory_mb=4096, max_output_bytes=64 << 20
+        )
         if not finished:
-            # A test the gold code itself cannot run (e.g. dev 10.1 test 4 uses an undefined ``L``)
-            # cannot grade anyone: mark it and skip it when grading.
             last = (result.stderr.strip().splitlines() or ["no output"])[-1]
-            return step_id, number, {BROKEN: last}
-        return step_id, number, json.loads(result.stdout.strip().splitlines()[-2])
+            return step_id, [{BROKEN: f"step program failed: {last}"}] * count
+        return step_id, json.loads(result.stdout.strip().splitlines()[-2])
 
     with ThreadPoolExecutor(max_workers=4) as pool:
-        for step_id, number, value in pool.map(run, jobs):
-            targets.setdefault(step_id, [None] * 0)
-            while len(targets[step_id]) <= number:
-                targets[step_id].append(None)
-            targets[step_id][number] = value
+        targets = dict(pool.map(run, jobs))
     write_json_atomic(
         out_path,
         {"source_sha256": sha256_of(problems_path), "targets": targets},
@@ -256,13 +267,18 @@ class SciCodeTask(Task):
     max_new_tokens = 4096
 
     def __init__(
-        self, split: str = "test", with_background: bool = False, h5_path: str | None = None
+        self,
+        split: str = "test",
+        with_background: bool = False,
+        h5_path: str | None = None,
+        step_timeout: float = STEP_TIMEOUT_S,
     ) -> None:
         if split not in ("test", "dev"):
             raise ValueError(f"scicode split must be 'test' or 'dev', got {split!r}")
         self.split = split
         self.with_background = with_background
         self.h5_path = h5_path
+        self.step_timeout = step_timeout
         self.name = "scicode" if split == "test" else "scicode_dev"
         if with_background:
             self.name += "_bg"
@@ -347,24 +363,26 @@ class SciCodeTask(Task):
                 )
         return self._targets
 
-    def step_program(self, step_id: str, code: str, previous_code: Sequence[str], test_index: int) -> str:
+    def step_program(self, step_id: str, code: str, previous_code: Sequence[str]) -> str:
+        """The official per-step script: code, then each usable test case after ``target = ...``."""
         step = self._steps[step_id]
         record = self._records[step_id.split(".")[0]]
-        target = json.dumps(self.targets()[step_id][test_index])
+        targets = self.targets()[step_id]
         program = _step_program(record["required_dependencies"], previous_code, code)
-        program += "\n" + CODEC_SOURCE + f"\ntarget = _dec(_json.loads({target!r}))\n"
-        return program + strip_scicode_imports(step["test_cases"][test_index])
+        program += "\n" + CODEC_SOURCE + "\n"
+        for index, test in enumerate(step["test_cases"]):
+            if isinstance(targets[index], dict) and BROKEN in targets[index]:
+                continue  # even the gold code cannot run it
+            program += f"\ntarget = _dec(_json.loads({json.dumps(targets[index])!r}))\n"
+            program += strip_scicode_imports(test) + "\n"
+        return program
 
     def check_step(self, step_id: str, code: str, previous_code: Sequence[str]) -> tuple[bool, str]:
-        targets = self.targets()[step_id]
-        for index in range(len(self._steps[step_id]["test_cases"])):
-            if isinstance(targets[index], dict) and BROKEN in targets[index]:
-                continue
-            finished, result = run_with_nonce(
-                self.step_program(step_id, code, previous_code, index), timeout=120, memory_mb=4096
-            )
-            if not finished:
-                return False, "timeout" if result.timed_out else "failed"
+        finished, result = run_with_nonce(
+            self.step_program(step_id, code, previous_code), timeout=self.step_timeout, memory_mb=4096
+        )
+        if not finished:
+            return False, "timeout" if result.timed_out else "failed"
         return True, "passed"
 
     def grade(

@@ -73,9 +73,17 @@ def _status(result: SandboxResult) -> str:
 
 
 def run_with_nonce(
-    program_body: str, *, timeout: float, memory_mb: int = 2048, max_output_bytes: int = 64 * 1024
+    program_body: str,
+    *,
+    timeout: float,
+    memory_mb: int = 2048,
+    max_output_bytes: int = 64 * 1024,
+    file_mb: int = 16,
 ) -> tuple[bool, SandboxResult]:
-    """Run ``program_body`` wrapped in the nonce header/footer; True when it printed the nonce last."""
+    """Run ``program_body`` wrapped in the nonce header/footer; True when it printed the nonce last.
+
+    ``file_mb``: the sandbox's file-size limit (its private ``/tmp`` holds twice that, program included).
+    """
     nonce = secrets.token_hex(16)
     result = run_python(
         _NONCE_HEADER + program_body + _NONCE_FOOTER,
@@ -84,6 +92,7 @@ def run_with_nonce(
         memory_mb=memory_mb,
         max_output_bytes=max_output_bytes,
         kill_output_bytes=max(8 * 1024 * 1024, 2 * max_output_bytes),
+        file_mb=file_mb,
     )
     lines = result.stdout.strip().splitlines()
     return (result.ok and bool(lines) and lines[-1].strip() == nonce), result

@@ -185,6 +185,12 @@ def _step_program(dependencies: str, previous_code: Sequence[str], code: str) ->
 STEP_TIMEOUT_S = 1800.0
 
 
+def _file_mb(program: str) -> int:
+    """File-size limit for a step program: its inline targets can be tens of MB (dev 7.1: 41 MB), and
+    the sandbox's private /tmp (twice this) must hold the program itself."""
+    return 16 + len(program.encode()) // (1 << 20)
+
+
 def regenerate_dev_targets(problems_path: str | Path, out_path: str | Path = DEV_TARGETS) -> dict:
     """Run the dev split's gold code on each step's test inputs and store the results as gzipped JSON.
 
@@ -224,7 +230,11 @@ def regenerate_dev_targets(problems_path: str | Path, out_path: str | Path = DEV
     def run(job: tuple[str, int, str]) -> tuple[str, list]:
         step_id, count, program = job
         finished, result = run_with_nonce(
-            program, timeout=STEP_TIMEOUT_S, memory_mb=4096, max_output_bytes=64 << 20
+            program,
+            timeout=STEP_TIMEOUT_S,
+            memory_mb=4096,
+            max_output_bytes=64 << 20,
+            file_mb=_file_mb(program),
         )
         if not finished:
             last = (result.stderr.strip().splitlines() or ["no output"])[-1]
@@ -378,8 +388,9 @@ class SciCodeTask(Task):
         return program
 
     def check_step(self, step_id: str, code: str, previous_code: Sequence[str]) -> tuple[bool, str]:
+        program = self.step_program(step_id, code, previous_code)
         finished, result = run_with_nonce(
-            self.step_program(step_id, code, previous_code), timeout=self.step_timeout, memory_mb=4096
+            program, timeout=self.step_timeout, memory_mb=4096, file_mb=_file_mb(program)
         )
         if not finished:
             return False, "timeout" if result.timed_out else "failed"

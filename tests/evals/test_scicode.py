@@ -100,3 +100,13 @@ def test_full_dev_targets_cache_if_present(shared_data):
     task = get_task("scicode_dev")
     problems = task.load().problems
     assert set(task.targets()) == {p.id for p in problems if p.meta["scored"]}
+
+
+def test_large_step_programs_fit_in_the_sandbox():
+    """Dev 7.1's step program inlines 41 MB of targets; the sandbox's /tmp must grow with it."""
+    from emreason.evals.code import run_with_nonce
+    from emreason.evals.tasks.scicode import _file_mb
+
+    program = "x = 1\n#" + "0" * (40 << 20) + "\nassert x == 1\n"
+    assert not run_with_nonce(program, timeout=60)[0]  # the default 16 MB limit (32 MB /tmp) is too small
+    assert run_with_nonce(program, timeout=60, file_mb=_file_mb(program))[0]

@@ -28,7 +28,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="emreason eval",
         description="Evaluate a model on math/code/SciCode benchmarks (pass@k, resumable). "
-        "Use `emreason eval report DIR [DIR...]` to compare finished runs.",
+        "Use `emreason eval report DIR [DIR...]` to compare finished runs and "
+        "`emreason eval verify-code` to grade the code benchmarks' reference solutions.",
     )
     parser.add_argument("--task", required=True, help=f"comma-separated task names: {', '.join(TASK_NAMES)}")
     parser.add_argument("--model", required=True, help="local checkpoint dir, hub id, or (vllm) server URL")
@@ -161,6 +162,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         from emreason.evals.report import main as report_main
 
         return report_main(argv[1:])
+    if argv and argv[0] == "verify-code":
+        from emreason.evals.verify import main as verify_main
+
+        return verify_main(argv[1:])
     parser = build_parser()
     args = parser.parse_args(argv)
     try:

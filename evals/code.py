@@ -8,7 +8,6 @@ guards against accidents, not against a model that deliberately attacks the grad
 
 from __future__ import annotations
 
-import ast
 import json
 import re
 import secrets
@@ -16,6 +15,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from emreason.evals import evalplus
+from emreason.evals.evalplus import example_arguments  # noqa: F401 (re-export)
 from emreason.evals.sandbox import SandboxResult, run_python
 
 _FENCE = re.compile(r"```[ \t]*([A-Za-z0-9_+-]*)[^\n]*\n(.*?)```", re.DOTALL)
@@ -24,6 +25,11 @@ LEETCODE_PRELUDE = (
     "from typing import *\nfrom collections import *\nfrom functools import *\nfrom itertools import *\n"
     "from heapq import *\nfrom bisect import *\nfrom math import *\nimport math, heapq, bisect, itertools, "
     "functools, collections, string, re, random, operator\n"
+    # LeetCode's judge defines these node classes; a solution's own definition (later) replaces them.
+    "class ListNode:\n    def __init__(self, val=0, next=None):\n"
+    "        self.val = val\n        self.next = next\n"
+    "class TreeNode:\n    def __init__(self, val=0, left=None, right=None):\n"
+    "        self.val = val\n        self.left = left\n        self.right = right\n"
 )
 
 _NONCE_HEADER = "import sys as _emreason_sys\n_emreason_nonce = _emreason_sys.stdin.readline().strip()\n"
@@ -67,9 +73,17 @@ def _status(result: SandboxResult) -> str:
 
 
 def run_with_nonce(
-    program_body: str, *, timeout: float, memory_mb: int = 2048, max_output_bytes: int = 64 * 1024
+    program_body: str,
+    *,
+    timeout: float,
+    memory_mb: int = 2048,
+    max_output_bytes: int = 64 * 1024,
+    file_mb: int = 16,
 ) -> tuple[bool, SandboxResult]:
-    """Run ``program_body`` wrapped in the nonce header/footer; True when it printed the nonce last."""
+    """Run ``program_body`` wrapped in the nonce header/footer; True when it printed the nonce last.
+
+    ``file_mb``: the sandbox's file-size limit (its private ``/tmp`` holds twice that, program included).
+    """
     nonce = secrets.token_hex(16)
     result = run_python(
         _NONCE_HEADER + program_body + _NONCE_FOOTER,
@@ -78,6 +92,7 @@ def run_with_nonce(
         memory_mb=memory_mb,
         max_output_bytes=max_output_bytes,
         kill_output_bytes=max(8 * 1024 * 1024, 2 * max_output_bytes),
+        file_mb=file_mb,
     )
     lines = result.stdout.strip().splitlines()
     return (result.ok and bool(lines) and lines[-1].strip() == nonce), result
@@ -105,151 +120,41 @@ def check_humaneval(problem: dict, code: str, *, timeout: float = 10.0) -> CodeV
     return _verdict(passed, result)
 
 
-# Comparison of outputs inside the sandbox: exact, else numeric closeness with atol (EvalPlus convention:
-# floats get at least 1e-6 tolerance).
-_COMPARE_SOURCE = """
-import math as _m, re as _re
-def _emreason_same(out, exp, atol):
-    if isinstance(out, _re.Match) or isinstance(exp, _re.Match):
-        return (out is None) == (exp is None)  # regex tasks: only "matched or not" is specified
-    if out == exp:
-        return True
-    num = (int, float, complex)
-    if isinstance(out, num) and isinstance(exp, num) and bool not in (type(out), type(exp)):
-        if isinstance(out, float) and isinstance(exp, float) and _m.isnan(out) and _m.isnan(exp):
-            return True
-        return abs(out - exp) <= max(atol, 1e-6) + 1e-7 * abs(exp)
-    if isinstance(out, (list, tuple)) and isinstance(exp, (list, tuple)) and len(out) == len(exp):
-        return all(_emreason_same(o, e, atol) for o, e in zip(out, exp))
-    return False
-"""
-
-
-def example_arguments(text: str, entry_point: str) -> tuple | None:
-    """Literal arguments of the first ``entry_point(...)`` call in ``text`` (MBPP+ prompts show one)."""
-    for match in re.finditer(rf"\b{re.escape(entry_point)}\s*\(", text):
-        depth, start = 0, match.end() - 1
-        for index in range(start, len(text)):
-            depth += {"(": 1, ")": -1}.get(text[index], 0)
-            if depth == 0:
-                try:
-                    call = ast.parse("f" + text[start : index + 1], mode="eval").body
-                    return tuple(ast.literal_eval(arg) for arg in call.args)
-                except (SyntaxError, ValueError, AttributeError):
-                    break
-    return None
-
-
-def evalplus_program(
-    reference: str,
-    entry_point: str,
-    base: list,
-    plus: list,
-    atol: float,
+def check_evalplus(
+    problem: dict,
     code: str,
-    example: tuple | None = None,
-) -> str:
-    """Reference and candidate in separate namespaces; expected outputs come from the reference first.
+    *,
+    humaneval_style: bool,
+    ref_times: dict[str, list[float]] | None = None,
+    timeout: float | None = None,
+    memory_mb: int = evalplus.MEMORY_MB,
+) -> CodeVerdict:
+    """EvalPlus grading of ``code``; ``passed`` is the plus verdict, ``details['base']`` the base one.
 
-    Prints ``{"base": bool, "plus": bool}`` before the nonce; ``plus`` means base and plus inputs pass.
+    ``ref_times``: the reference's cached per-input times (:class:`emreason.evals.evalplus.ReferenceTimes`);
+    without them the limits come from the reference times measured inside the grading program alone.
+    ``timeout`` overrides the whole-program safety cap (:func:`emreason.evals.evalplus.safety_timeout`).
     """
-    return f"""
-import copy as _copy, json as _json
-{_COMPARE_SOURCE}
-_ref_ns = {{"__name__": "__reference__"}}
-exec(compile({reference!r}, "reference", "exec"), _ref_ns)
-_base = _json.loads({json.dumps(base)!r})
-_plus = _json.loads({json.dumps(plus)!r})
-_ref = _ref_ns[{entry_point!r}]
-def _no_lists(x):
-    if isinstance(x, list):
-        return False
-    if isinstance(x, tuple):
-        return all(_no_lists(v) for v in x)
-    return not isinstance(x, dict)
-def _deep_tuple(x):
-    return tuple(_deep_tuple(v) for v in x) if isinstance(x, list) else x
-def _number(text):
-    for kind in (int, float, complex):
-        try:
-            return kind(text)
-        except ValueError:
-            pass
-    return text
-def _conform(value, example):
-    # JSON has no tuples or complex numbers: rebuild them wherever the task's own example call has one.
-    if isinstance(value, str) and type(example) in (int, float, complex):
-        return _number(value)
-    if isinstance(example, tuple) and _no_lists(example) and isinstance(value, list):
-        return _deep_tuple(value)
-    if isinstance(example, (tuple, list)) and isinstance(value, list):
-        if len(example) == len(value):
-            items = [_conform(v, e) for v, e in zip(value, example)]
-        else:
-            nested = [e for e in example if isinstance(e, (tuple, list, dict))]
-            inner = nested[0] if nested else (example[0] if example else None)
-            items = [_conform(v, inner) for v in value]
-        return tuple(items) if isinstance(example, tuple) else items
-    if isinstance(example, dict) and isinstance(value, dict) and example:
-        inner = next(iter(example.values()))
-        return {{k: _conform(v, inner) for k, v in value.items()}}
-    return value
-_example = {example!r}
-if _example is not None:
-    _base = [[_conform(v, e) for v, e in zip(a, _example)] + list(a[len(_example):]) for a in _base]
-    _plus = [[_conform(v, e) for v, e in zip(a, _example)] + list(a[len(_example):]) for a in _plus]
-_exp_base = [_ref(*_copy.deepcopy(a)) for a in _base]
-_exp_plus = [_ref(*_copy.deepcopy(a)) for a in _plus]
-_cand_ns = {{"__name__": "__main__"}}
-exec(compile({code!r}, "candidate", "exec"), _cand_ns)
-_cand = _cand_ns[{entry_point!r}]
-def _all_pass(inputs, expected):
-    for args, exp in zip(inputs, expected):
-        try:
-            if not _emreason_same(_cand(*_copy.deepcopy(args)), exp, {float(atol)!r}):
-                return False
-        except Exception:
-            return False
-    return True
-_base_ok = _all_pass(_base, _exp_base)
-_plus_ok = _base_ok and _all_pass(_plus, _exp_plus)
-print(_json.dumps({{"base": _base_ok, "plus": _plus_ok}}))
-"""
-
-
-def check_evalplus(problem: dict, code: str, *, humaneval_style: bool, timeout: float = 60.0) -> CodeVerdict:
-    """EvalPlus grading of ``code``; ``passed`` is the plus verdict, ``details['base']`` the base one."""
-    entry = problem["entry_point"]
-    if humaneval_style:
-        reference = problem["prompt"] + problem["canonical_solution"]
-        if not re.search(rf"def\s+{re.escape(entry)}\s*\(", code):
-            code = problem["prompt"] + code
-        example = None
-    else:
-        reference = problem["canonical_solution"]
-        example = example_arguments(problem.get("assertion") or problem["prompt"], entry)
-    program = evalplus_program(
-        reference,
-        entry,
-        problem["base_input"],
-        problem["plus_input"],
-        problem.get("atol") or 0,
-        code,
-        example,
-    )
-    finished, result = run_with_nonce(program, timeout=timeout)
+    program = evalplus.grading_program(problem, code, humaneval_style=humaneval_style, ref_times=ref_times)
+    cap = timeout if timeout is not None else evalplus.safety_timeout(ref_times)
+    finished, result = run_with_nonce(program, timeout=cap, memory_mb=memory_mb)
     base = plus = False
+    failure = None
     if finished:
         lines = result.stdout.strip().splitlines()
         try:
             scores = json.loads(lines[-2])
-            base, plus = bool(scores["base"]), bool(scores["plus"])
+            base, plus, failure = bool(scores["base"]), bool(scores["plus"]), scores.get("failure")
         except (IndexError, ValueError, KeyError, TypeError):
-            pass
-    verdict = _verdict(plus, result, base=base, plus=plus)
-    if finished and not plus:
-        verdict = CodeVerdict(False, "failed", {"base": base, "plus": plus})
-    return verdict
+            finished = False
+    if not finished:
+        return _verdict(False, result, base=False, plus=False)
+    details: dict[str, Any] = {"base": base, "plus": plus, "wall_time_s": round(result.wall_time_s, 3)}
+    if plus:
+        return CodeVerdict(True, "passed", details)
+    details["failure"] = failure
+    timed_out = (failure or {}).get("reason") in ("timeout", "split_timeout")
+    return CodeVerdict(False, "timeout" if timed_out else "failed", details)
 
 
 def check_mbpp(problem: dict, code: str, *, timeout: float = 10.0) -> CodeVerdict:
@@ -308,7 +213,7 @@ def check_functional(
     body = f"""{LEETCODE_PRELUDE}
 {code}
 import json as _json
-{_COMPARE_SOURCE}
+{evalplus.COMPARE_SOURCE}
 for _args, _exp in _json.loads({json.dumps(cases)!r}):
     _out = getattr(Solution(), {func_name!r})(*_args)
     if isinstance(_out, tuple):

@@ -21,6 +21,7 @@ import sys
 import threading
 import time
 from collections.abc import Sequence
+from fractions import Fraction
 
 _BOX_COMMANDS = ("\\boxed", "\\fbox")
 _ANSWER_IS = re.compile(r"the (?:final )?answer is[:\s]*(.+)", re.IGNORECASE)
@@ -108,6 +109,117 @@ def normalize_answer(answer: str) -> str:
     return text
 
 
+# ---- answer families math-verify misses: normalised on both sides before comparing ----------------
+# A choice letter on its own: "C", "(C)", "\text{(C)}" (after _TEXT_WRAPPERS).
+_CHOICE_ONLY = re.compile(r"\(?\s*([A-E])\s*\)?")
+# A choice letter leading a longer answer: "(C) Plane", "C) Plane", "C. Plane", "C: Plane".
+_CHOICE_LEAD = re.compile(r"(?:\(\s*([A-E])\s*\)|([A-E])\s*[).:])(?:\s|$|[^\sA-Za-z])")
+
+
+def choice_letter(answer: str, *, alone: bool) -> str | None:
+    """The multiple-choice letter of ``answer``: ``alone`` = the whole answer is the letter ("(C)");
+    otherwise the letter may be followed by the option's text ("(C) Plane")."""
+    text = answer.strip()
+    for _ in range(2):
+        text = _TEXT_WRAPPERS.sub(r"\1", text)
+    text = text.replace("$", "").strip()
+    match = _CHOICE_ONLY.fullmatch(text)
+    if match:
+        return match.group(1)
+    if alone:
+        return None
+    match = _CHOICE_LEAD.match(text + " ")
+    return (match.group(1) or match.group(2)) if match else None
+
+
+# Longest spellings first so that "\leq" is not read as "\le" + "q".
+_RELATIONS = [
+    (r"\geqslant", ">="), (r"\leqslant", "<="), (r"\geq", ">="), (r"\leq", "<="), (r"\ge", ">="),
+    (r"\le", "<="), (r"\gt", ">"), (r"\lt", "<"), (">=", ">="), ("<=", "<="), ("≥", ">="), ("≤", "<="),
+    (">", ">"), ("<", "<"),
+]  # fmt: skip
+_RELATION = re.compile(
+    "|".join(re.escape(text) + (r"(?![A-Za-z])" if text[0] == "\\" else "") for text, _ in _RELATIONS)
+)
+_VARIABLE = re.compile(r"[a-zA-Z]|\\(?:theta|alpha|beta|lambda|mu|phi|omega|sigma|tau)")
+_OR = re.compile(r"\\text\{\s*or\s*\}|\\mbox\{\s*or\s*\}|\bor\b|\\vee(?![A-Za-z])|\\cup(?![A-Za-z])|\\lor")
+
+
+def _one_inequality(text: str) -> tuple[str, str] | None:
+    """``(variable, interval)`` for ``x > a``, ``a \\le x``, ``a < x \\le b`` (one variable), else None."""
+    pieces = _RELATION.split(text)
+    relations = [dict(_RELATIONS)[r] for r in _RELATION.findall(text)]
+    sides = [piece.strip() for piece in pieces]
+    if not relations or any(not side or "=" in side or "," in side for side in sides):
+        return None
+    if len(relations) == 1:
+        left, right = sides
+        left_var, right_var = _VARIABLE.fullmatch(left), _VARIABLE.fullmatch(right)
+        if bool(left_var) == bool(right_var):
+            return None  # no variable, or two single letters: which one is the variable is unclear
+        relation = relations[0]
+        if right_var:  # a < x  ->  x > a
+            left, right = right, left
+            relation = {">": "<", "<": ">", ">=": "<=", "<=": ">="}[relation]
+        if relation in (">", ">="):
+            return left, ("(" if relation == ">" else "[") + right + r",\infty)"
+        return left, r"(-\infty," + right + (")" if relation == "<" else "]")
+    if len(relations) == 2 and _VARIABLE.fullmatch(sides[1]):
+        low, variable, high = sides
+        first, second = relations
+        if first[0] != second[0]:
+            return None  # "a < x > b" is not an interval
+        if first[0] == ">":  # b > x > a  ->  a < x < b
+            low, high, first, second = high, low, second.replace(">", "<"), first.replace(">", "<")
+        if _VARIABLE.fullmatch(low) or _VARIABLE.fullmatch(high):
+            return None
+        opening = "(" if first == "<" else "["
+        closing = ")" if second == "<" else "]"
+        return variable, f"{opening}{low},{high}{closing}"
+    return None
+
+
+def inequality_to_interval(answer: str) -> str | None:
+    """Interval notation for an inequality in one variable (``x > 3`` -> ``(3,\\infty)``; ``x<1 or x>=2``
+    -> ``(-\\infty,1)\\cup[2,\\infty)``), or None when ``answer`` is not such an inequality."""
+    text = answer.strip().replace("$", "").replace("\\left", "").replace("\\right", "")
+    text = re.sub(r"\\[,;!: ]", " ", text).strip().rstrip(".")
+    if not _RELATION.search(text):
+        return None
+    parts = _OR.split(text)
+    converted = [_one_inequality(part) for part in parts]
+    if any(c is None for c in converted) or len({c[0] for c in converted}) != 1:
+        return None
+    return r"\cup".join(c[1] for c in converted)
+
+
+_REPEATING = re.compile(r"(-?)(\d*)\.(\d*)\s*\\(?:overline|bar)\s*(?:\{\s*(\d+)\s*\}|(\d))")
+
+
+def _repeating_to_fraction(match: re.Match) -> str:
+    sign, whole, fixed, repeat = match.group(1), match.group(2) or "0", match.group(3), match.group(4)
+    repeat = repeat or match.group(5)
+    # whole.fixed(repeat) = (whole fixed repeat - whole fixed) / (10^len(fixed) * (10^len(repeat) - 1))
+    value = Fraction(
+        int(whole + fixed + repeat) - int(whole + fixed), 10 ** len(fixed) * (10 ** len(repeat) - 1)
+    )
+    return f"{sign}\\frac{{{value.numerator}}}{{{value.denominator}}}"
+
+
+def expand_repeating_decimals(answer: str) -> str:
+    """``0.\\overline{5}`` -> ``\\frac{5}{9}``, ``1.2\\overline{34}`` -> ``\\frac{611}{495}`` (exact)."""
+    return _REPEATING.sub(_repeating_to_fraction, answer)
+
+
+def canonical_forms(predicted: str, gold: str) -> tuple[str, str]:
+    """Rewrite the families math-verify misses into forms it compares: repeating decimals as fractions,
+    inequalities as intervals (on both sides, so an inequality also matches an inequality)."""
+    predicted, gold = expand_repeating_decimals(predicted), expand_repeating_decimals(gold)
+    predicted = inequality_to_interval(predicted) or predicted
+    gold = inequality_to_interval(gold) or gold
+    return predicted, gold
+
+
 def _as_latex(answer: str) -> str:
     answer = answer.replace("\\$", "")
     return answer if "$" in answer or "\\boxed" in answer else f"${answer}$"
@@ -126,6 +238,15 @@ def is_correct(completion: str, gold: str) -> bool:
     predicted = extract_answer(completion)
     if predicted is None:
         return False
+    if normalize_answer(predicted) == normalize_answer(gold):
+        return True
+    gold_letter = choice_letter(gold, alone=True)
+    if gold_letter is not None:
+        # Multiple choice: "(C) Plane" or "C" for gold "C"/"(C)"; a different letter is wrong.
+        predicted_letter = choice_letter(predicted, alone=False)
+        if predicted_letter is not None:
+            return predicted_letter == gold_letter
+    predicted, gold = canonical_forms(predicted, gold)
     if normalize_answer(predicted) == normalize_answer(gold):
         return True
     from math_verify import parse, verify

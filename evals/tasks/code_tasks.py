@@ -14,6 +14,7 @@ from typing import Any
 
 from emreason.evals import code as grading
 from emreason.evals.data import load_from_hub, read_records, require_data_file, sha256_of, sha256_of_records
+from emreason.evals.evalplus import shared_times
 from emreason.evals.tasks.base import CODE_INSTRUCTION, Graded, LoadedData, Problem, Task
 
 
@@ -46,7 +47,12 @@ class CodeTask(Task):
         records, source, digest = self._records(data_path, hub)
         return LoadedData([self.to_problem(r) for r in records], source, digest)
 
+    def prepare(self, problems: Sequence[Problem], *, workers: int) -> None:
+        """Work needed once before grading ``problems`` (EvalPlus tasks: reference times)."""
+
     def grade(self, items: Sequence[tuple[Problem, str]], *, workers: int = 4) -> list[Graded]:
+        self.prepare([problem for problem, _ in items], workers=workers)
+
         def one(item: tuple[Problem, str]) -> Graded:
             problem, completion = item
             code = grading.extract_code(completion)
@@ -71,13 +77,27 @@ class HumanEvalTask(CodeTask):
         return grading.check_humaneval(problem.gold, code)
 
 
-class HumanEvalPlusTask(HumanEvalTask):
+class _EvalPlusMixin:
+    """Per-input time limits need the reference's times: measured once per machine, then cached."""
+
+    humaneval_style = True
+
+    def prepare(self, problems: Sequence[Problem], *, workers: int) -> None:
+        self._ref_times = shared_times().ensure(
+            [p.gold for p in problems], humaneval_style=self.humaneval_style, workers=workers
+        )
+
+    def check(self, problem: Problem, code: str) -> grading.CodeVerdict:
+        times = getattr(self, "_ref_times", {}).get(problem.gold["task_id"])
+        return grading.check_evalplus(
+            problem.gold, code, humaneval_style=self.humaneval_style, ref_times=times
+        )
+
+
+class HumanEvalPlusTask(_EvalPlusMixin, HumanEvalTask):
     name = "humaneval_plus"
     local_file = "humanevalplus/HumanEvalPlus.jsonl.gz"
     hub = ("evalplus/humanevalplus", None, "test")
-
-    def check(self, problem: Problem, code: str) -> grading.CodeVerdict:
-        return grading.check_evalplus(problem.gold, code, humaneval_style=True)
 
     def extra_metrics(self, records: Sequence[dict[str, Any]]) -> dict[str, Any]:
         return _base_score(records)
@@ -91,17 +111,15 @@ def _base_score(records: Sequence[dict[str, Any]]) -> dict[str, Any]:
     return {"base_pass@1": sum(base) / len(base)}
 
 
-class MbppPlusTask(CodeTask):
+class MbppPlusTask(_EvalPlusMixin, CodeTask):
     name = "mbpp_plus"
     local_file = "mbppplus/MbppPlus.jsonl.gz"
     hub = ("evalplus/mbppplus", None, "test")
+    humaneval_style = False
 
     def to_problem(self, record: dict) -> Problem:
         text = record["prompt"].strip().strip('"').strip()
         return Problem(record["task_id"], _user(text), record)
-
-    def check(self, problem: Problem, code: str) -> grading.CodeVerdict:
-        return grading.check_evalplus(problem.gold, code, humaneval_style=False)
 
     def extra_metrics(self, records: Sequence[dict[str, Any]]) -> dict[str, Any]:
         return _base_score(records)

@@ -5,9 +5,10 @@ same problem (as in the official harness), so steps are generated in dependency 
 pass rate and main-problem pass rate (every tested step of the problem passes).
 
 Targets. Test cases compare against a variable ``target``. The official targets live in ``test_data.h5``
-(pass it with ``--scicode-h5``; needs ``h5py``). For the dev split the targets are regenerated here by
+(pass it with ``--scicode-h5``; needs ``h5py``; read as the official ``process_hdf5_to_tuple`` does, see
+:mod:`emreason.evals.tasks.scicode_h5`). For the dev split the targets are regenerated here by
 running the gold code on the test inputs (:func:`regenerate_dev_targets`) and stored as JSON
-(``scicode_dev_targets.json`` next to this package), never as pickle.
+(``scicode_dev_targets.json.gz`` in the cache folder), never as pickle.
 """
 
 from __future__ import annotations
@@ -45,6 +46,8 @@ CODEC_SOURCE = r"""
 import base64 as _b64, json as _json, math as _math
 import numpy as _np
 def _enc(v):
+    if type(v).__module__.startswith("scipy.sparse"):
+        return {"__sparse__": v.format, "dense": _enc(v.toarray())}
     if isinstance(v, _np.ndarray) and v.dtype.kind in "biufc":
         raw = _np.ascontiguousarray(v, dtype=v.dtype.newbyteorder("<")).tobytes()
         return {"__ndb__": _b64.b64encode(raw).decode(), "dtype": v.dtype.newbyteorder("<").str,
@@ -72,6 +75,9 @@ def _dec(v):
     if isinstance(v, list):
         return [_dec(x) for x in v]
     if isinstance(v, dict):
+        if "__sparse__" in v:
+            import scipy.sparse as _sparse
+            return _sparse.csr_matrix(_dec(v["dense"])).asformat(v["__sparse__"])
         if "__ndb__" in v:
             raw = _b64.b64decode(v["__ndb__"])
             return _np.frombuffer(raw, dtype=_np.dtype(v["dtype"])).reshape(v["shape"]).copy()
@@ -174,48 +180,69 @@ def _step_program(dependencies: str, previous_code: Sequence[str], code: str) ->
     return "\n\n".join([dependencies, HELPERS_SOURCE, *previous_code, code])
 
 
-def regenerate_dev_targets(problems_path: str | Path, out_path: str | Path = DEV_TARGETS) -> dict:
-    """Run the dev split's gold code on each test input and store the results as gzipped JSON (atomically).
+# SciCode's eval/scripts/test_generated_code.py runs all test cases of a step in one script, in order
+# (state such as np.random.seed carries over from one case to the next), with a 1800 s timeout.
+STEP_TIMEOUT_S = 1800.0
 
-    Arrays are stored as base64 of their little-endian bytes; several targets are multi-megabyte arrays,
-    which is why this lives in a cache folder (``$EMREASON_CACHE_DIR`` or ``~/.cache/emreason``), not in
-    the package.
+
+def _file_mb(program: str) -> int:
+    """File-size limit for a step program: its inline targets can be tens of MB (dev 7.1: 41 MB), and
+    the sandbox's private /tmp (twice this) must hold the program itself."""
+    return 16 + len(program.encode()) // (1 << 20)
+
+
+def regenerate_dev_targets(problems_path: str | Path, out_path: str | Path = DEV_TARGETS) -> dict:
+    """Run the dev split's gold code on each step's test inputs and store the results as gzipped JSON.
+
+    One sandboxed program per step runs its test cases in order, as the official harness does (dev 47.4
+    seeds the random generator only in its first case). Arrays are stored as base64 of their
+    little-endian bytes; several targets are multi-megabyte arrays, which is why this lives in a cache
+    folder (``$EMREASON_CACHE_DIR`` or ``~/.cache/emreason``), not in the package. Written atomically.
     """
-    targets: dict[str, list] = {}
     jobs = []
     for record in read_records(problems_path):
         gold_so_far: list[str] = []
         for step in record["sub_steps"]:
-            for number, test in enumerate(step["test_cases"]):
+            if step["test_cases"]:
                 program = _step_program(
                     record["required_dependencies"], gold_so_far, step["ground_truth_code"]
                 )
-                program += "\n" + CODEC_SOURCE + "\n_recorded = {}\ndef _record(key, value):\n"
-                program += "    _recorded[key] = value\n"
-                program += recording_test(test)
-                program += (
-                    "\n_value = _recorded[None] if None in _recorded else "
-                    "tuple(_recorded[i] for i in sorted(_recorded))\nprint(_json.dumps(_enc(_value)))\n"
-                )
-                jobs.append((step["step_number"], number, program))
+                program += "\n" + CODEC_SOURCE + "\n_results = []\n"
+                for test in step["test_cases"]:
+                    source = "_recorded = {}\ndef _record(key, value):\n    _recorded[key] = value\n"
+                    source += recording_test(test)
+                    source += (
+                        "\n_value = _recorded[None] if None in _recorded else "
+                        "tuple(_recorded[i] for i in sorted(_recorded))\n"
+                    )
+                    # A case the gold code cannot run (dev 10.x case 4 uses an undefined ``L``) cannot
+                    # grade anyone: it is marked and left out when grading; the next case still runs.
+                    program += (
+                        f"try:\n    exec(compile({source!r}, 'test', 'exec'), globals())\n"
+                        "    _results.append(_enc(_value))\n"
+                        "except Exception as _error:\n"
+                        f"    _results.append({{{BROKEN!r}: f'{{type(_error).__name__}}: {{_error}}'}})\n"
+                    )
+                program += "print(_json.dumps(_results))\n"
+                jobs.append((step["step_number"], len(step["test_cases"]), program))
             gold_so_far.append(step["ground_truth_code"])
 
-    def run(job: tuple[str, int, str]) -> tuple[str, int, Any]:
-        step_id, number, program = job
-        finished, result = run_with_nonce(program, timeout=600, memory_mb=4096, max_output_bytes=32 << 20)
+    def run(job: tuple[str, int, str]) -> tuple[str, list]:
+        step_id, count, program = job
+        finished, result = run_with_nonce(
+            program,
+            timeout=STEP_TIMEOUT_S,
+            memory_mb=4096,
+            max_output_bytes=64 << 20,
+            file_mb=_file_mb(program),
+        )
         if not finished:
-            # A test the gold code itself cannot run (e.g. dev 10.1 test 4 uses an undefined ``L``)
-            # cannot grade anyone: mark it and skip it when grading.
             last = (result.stderr.strip().splitlines() or ["no output"])[-1]
-            return step_id, number, {BROKEN: last}
-        return step_id, number, json.loads(result.stdout.strip().splitlines()[-2])
+            return step_id, [{BROKEN: f"step program failed: {last}"}] * count
+        return step_id, json.loads(result.stdout.strip().splitlines()[-2])
 
     with ThreadPoolExecutor(max_workers=4) as pool:
-        for step_id, number, value in pool.map(run, jobs):
-            targets.setdefault(step_id, [None] * 0)
-            while len(targets[step_id]) <= number:
-                targets[step_id].append(None)
-            targets[step_id][number] = value
+        targets = dict(pool.map(run, jobs))
     write_json_atomic(
         out_path,
         {"source_sha256": sha256_of(problems_path), "targets": targets},
@@ -225,36 +252,24 @@ def regenerate_dev_targets(problems_path: str | Path, out_path: str | Path = DEV
     return targets
 
 
-def load_h5_targets(path: str | Path) -> dict[str, list]:
-    """Targets from SciCode's official ``test_data.h5``: group per step, ``test{i}`` per test case.
+def codec() -> dict[str, Any]:
+    """The sandbox's ``_enc``/``_dec`` (from :data:`CODEC_SOURCE`), for use in the harness process."""
+    namespace: dict[str, Any] = {}
+    exec(compile(CODEC_SOURCE, "scicode_codec", "exec"), namespace)
+    return namespace
 
-    Values are converted to the JSON codec form used by :data:`CODEC_SOURCE`. Written against the
-    published layout; not exercised here because the file is not available offline.
-    """
-    import h5py
-    import numpy as np
 
-    def convert(node: Any) -> Any:
-        if isinstance(node, h5py.Dataset):
-            value = node[()]
-            if isinstance(value, bytes):
-                return value.decode()
-            if isinstance(value, np.ndarray):
-                return {"__nd__": value.tolist(), "dtype": str(value.dtype), "shape": list(value.shape)}
-            return value.item() if isinstance(value, np.generic) else value
-        keys = list(node.keys())
-        if keys and all(k.startswith("var") for k in keys):
-            values = [convert(node[k]) for k in sorted(keys, key=lambda k: int(k[3:]))]
-            return values[0] if len(values) == 1 else {"__tuple__": values}
-        return {"__dict__": [[k, convert(node[k])] for k in keys]}
+def load_h5_targets(path: str | Path, tests_per_step: dict[str, int]) -> dict[str, list]:
+    """Targets from SciCode's official ``test_data.h5`` in the codec's JSON form (see
+    :mod:`emreason.evals.tasks.scicode_h5` for the layout and its errors)."""
+    from emreason.evals.tasks.scicode_h5 import read_h5_targets
 
-    out: dict[str, list] = {}
-    with h5py.File(path, "r") as handle:
-        for step_id in handle:
-            group = handle[step_id]
-            tests = sorted(group.keys(), key=lambda k: int(k.replace("test", "")))
-            out[step_id] = [convert(group[t]) for t in tests]
-    return out
+    encode = codec()["_enc"]
+    values = read_h5_targets(path, tests_per_step)
+    return {
+        step: [v if isinstance(v, dict) and BROKEN in v else encode(v) for v in tests]
+        for step, tests in values.items()
+    }
 
 
 class SciCodeTask(Task):
@@ -262,13 +277,18 @@ class SciCodeTask(Task):
     max_new_tokens = 4096
 
     def __init__(
-        self, split: str = "test", with_background: bool = False, h5_path: str | None = None
+        self,
+        split: str = "test",
+        with_background: bool = False,
+        h5_path: str | None = None,
+        step_timeout: float = STEP_TIMEOUT_S,
     ) -> None:
         if split not in ("test", "dev"):
             raise ValueError(f"scicode split must be 'test' or 'dev', got {split!r}")
         self.split = split
         self.with_background = with_background
         self.h5_path = h5_path
+        self.step_timeout = step_timeout
         self.name = "scicode" if split == "test" else "scicode_dev"
         if with_background:
             self.name += "_bg"
@@ -336,7 +356,10 @@ class SciCodeTask(Task):
     def targets(self) -> dict[str, list]:
         if self._targets is None:
             if self.h5_path:
-                self._targets = load_h5_targets(self.h5_path)
+                counts = {
+                    sid: len(st["test_cases"]) for sid, st in self._steps.items() if st.get("test_cases")
+                }
+                self._targets = load_h5_targets(self.h5_path, counts)
             elif self.split == "dev":
                 if not DEV_TARGETS.is_file():
                     raise FileNotFoundError(
@@ -350,24 +373,27 @@ class SciCodeTask(Task):
                 )
         return self._targets
 
-    def step_program(self, step_id: str, code: str, previous_code: Sequence[str], test_index: int) -> str:
+    def step_program(self, step_id: str, code: str, previous_code: Sequence[str]) -> str:
+        """The official per-step script: code, then each usable test case after ``target = ...``."""
         step = self._steps[step_id]
         record = self._records[step_id.split(".")[0]]
-        target = json.dumps(self.targets()[step_id][test_index])
+        targets = self.targets()[step_id]
         program = _step_program(record["required_dependencies"], previous_code, code)
-        program += "\n" + CODEC_SOURCE + f"\ntarget = _dec(_json.loads({target!r}))\n"
-        return program + strip_scicode_imports(step["test_cases"][test_index])
+        program += "\n" + CODEC_SOURCE + "\n"
+        for index, test in enumerate(step["test_cases"]):
+            if isinstance(targets[index], dict) and BROKEN in targets[index]:
+                continue  # even the gold code cannot run it
+            program += f"\ntarget = _dec(_json.loads({json.dumps(targets[index])!r}))\n"
+            program += strip_scicode_imports(test) + "\n"
+        return program
 
     def check_step(self, step_id: str, code: str, previous_code: Sequence[str]) -> tuple[bool, str]:
-        targets = self.targets()[step_id]
-        for index in range(len(self._steps[step_id]["test_cases"])):
-            if isinstance(targets[index], dict) and BROKEN in targets[index]:
-                continue
-            finished, result = run_with_nonce(
-                self.step_program(step_id, code, previous_code, index), timeout=120, memory_mb=4096
-            )
-            if not finished:
-                return False, "timeout" if result.timed_out else "failed"
+        program = self.step_program(step_id, code, previous_code)
+        finished, result = run_with_nonce(
+            program, timeout=self.step_timeout, memory_mb=4096, file_mb=_file_mb(program)
+        )
+        if not finished:
+            return False, "timeout" if result.timed_out else "failed"
         return True, "passed"
 
     def grade(

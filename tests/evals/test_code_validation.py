@@ -68,8 +68,8 @@ def test_mbpp_plus_canonical(shared_data):
     problems = task.load().problems[::8]
     verdicts = task.grade([(p, p.gold["canonical_solution"]) for p in problems], workers=4)
     failed = [p.id for p, v in zip(problems, verdicts) if not v.correct]
-    # Known: Mbpp/255's plus inputs mix bools into the colour list; 1 miss of the subset is tolerated.
-    assert len(failed) <= 1, failed
+    # All 378 references pass with the EvalPlus rules (`emreason eval verify-code`, docs/evals.md).
+    assert failed == [], failed
 
 
 def test_mbpp_reference_code_sample(shared_data):
@@ -85,6 +85,14 @@ LEETCODE_SOLUTIONS = {
         "class Solution:\n    def minimumPushes(self, word: str) -> int:\n"
         "        return sum(i // 8 + 1 for i in range(len(word)))\n"
     ),
+    # Uses the judge's ListNode without defining it (the harness prelude provides it, as LeetCode does).
+    "weekly-contest-358-double-a-number-represented-as-a-linked-list": (
+        "class Solution:\n    def doubleIt(self, head):\n        digits = []\n        while head:\n"
+        "            digits.append(head.val)\n            head = head.next\n"
+        "        value = int(''.join(map(str, digits))) * 2\n        out = None\n"
+        "        for d in reversed(str(value)):\n            out = ListNode(int(d), out)\n"
+        "        return out\n"
+    ),
 }
 
 
@@ -93,6 +101,23 @@ def test_leetcode_harness_with_hand_written_solutions(shared_data):
     problems = {p.id: p for p in task.load().problems}
     assert len(problems) == 180
     items = [(problems[k], f"```python\n{code}```") for k, code in LEETCODE_SOLUTIONS.items()]
-    wrong = [(p, code.replace("i // 8 + 1", "i // 9 + 1")) for p, code in items]
+    wrong = [(p, code.replace("i // 8 + 1", "i // 9 + 1").replace("* 2", "* 3")) for p, code in items]
     verdicts = task.grade(items + wrong)
-    assert [v.correct for v in verdicts] == [True, False]
+    assert [v.correct for v in verdicts] == [True, True, False, False]
+
+
+def test_humaneval_plus_39_off_by_one_large_integer_fails(shared_data):
+    """prime_fib returns values up to ~1e17 on plus inputs; an off-by-one there must fail (atol 0)."""
+    from emreason.evals.code import check_evalplus
+
+    task = get_task("humaneval_plus")
+    problem = next(p for p in task.load().problems if p.id == "HumanEval/39").gold
+    assert not problem["atol"]
+    reference = problem["prompt"] + problem["canonical_solution"]
+    off_by_one = (
+        reference + "\n_reference = prime_fib\ndef prime_fib(n):\n    value = _reference(n)\n"
+        "    return value + 1 if value > 10**8 else value\n"
+    )
+    assert check_evalplus(problem, reference, humaneval_style=True).passed
+    verdict = check_evalplus(problem, off_by_one, humaneval_style=True)
+    assert not verdict.passed and verdict.details["failure"]["reason"] == "wrong"

@@ -72,6 +72,27 @@ def test_dev_gold_code_passes_with_regenerated_targets(shared_data, tmp_path):
     corrupted = [(p, "```python\ndef nothing():\n    pass\n```") for p in usable[:1]]
     assert not task.grade(corrupted, workers=1, histories=histories[:1])[0].correct
 
+    # The same targets through an h5 file in the official layout grade exactly the same.
+    from emreason.evals.tasks.scicode import codec
+    from emreason.evals.tasks.scicode_h5 import H5TargetsError, write_h5_targets
+
+    decode = codec()["_dec"]
+    h5_path = write_h5_targets(
+        {step: [decode(v) for v in tests] for step, tests in targets.items()}, tmp_path / "test_data.h5"
+    )
+    h5_task = get_task("scicode_dev", scicode_h5=str(h5_path))
+    h5_task.load(subset)
+    assert h5_task.grade(items, workers=2, histories=histories) == verdicts
+    assert h5_task.grade(corrupted, workers=1, histories=histories[:1])[0].correct is False
+    partial = write_h5_targets(
+        {step: [decode(v) for v in tests] for step, tests in targets.items() if step != "29.2"},
+        tmp_path / "partial.h5",
+    )
+    partial_task = get_task("scicode_dev", scicode_h5=str(partial))
+    partial_task.load(subset)
+    with pytest.raises(H5TargetsError, match=r"step\(s\) 29\.2"):
+        partial_task.targets()
+
 
 def test_full_dev_targets_cache_if_present(shared_data):
     if not DEV_TARGETS.is_file():
@@ -79,3 +100,13 @@ def test_full_dev_targets_cache_if_present(shared_data):
     task = get_task("scicode_dev")
     problems = task.load().problems
     assert set(task.targets()) == {p.id for p in problems if p.meta["scored"]}
+
+
+def test_large_step_programs_fit_in_the_sandbox():
+    """Dev 7.1's step program inlines 41 MB of targets; the sandbox's /tmp must grow with it."""
+    from emreason.evals.code import run_with_nonce
+    from emreason.evals.tasks.scicode import _file_mb
+
+    program = "x = 1\n#" + "0" * (40 << 20) + "\nassert x == 1\n"
+    assert not run_with_nonce(program, timeout=60)[0]  # the default 16 MB limit (32 MB /tmp) is too small
+    assert run_with_nonce(program, timeout=60, file_mb=_file_mb(program))[0]

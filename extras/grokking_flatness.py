@@ -22,7 +22,8 @@ Metrics, all on the training split:
   ``mu_c`` is the class mean of ``phi`` and ``V_c`` the mean squared distance of a class's features to
   ``mu_c``. Small = collapsed. Classes with fewer than two training samples are skipped.
 
-Regularisers: ``loss - lambda * NC`` (anti-collapse: rewards spread-out classes) and
+Regularisers: ``loss + lambda * NC`` (collapse: rewards tight classes), ``loss - lambda * NC``
+(anti-collapse: rewards spread-out classes) and
 ``loss - lambda * kappa`` (anti-flatness: rewards sharp minima), the latter switched off after
 ``regularizer_until`` steps. ``reg_form="log"`` uses ``log(NC)`` / ``log(kappa)`` instead (our addition: both
 metrics are unbounded, and with AdamW the linear form lets the regulariser take over once the training loss
@@ -186,7 +187,7 @@ def collapse_metric(features: torch.Tensor, labels: torch.Tensor, n_classes: int
 
 @dataclass
 class GrokkingConfig:
-    """One grokking run. ``regularizer``: ``None``, ``"anti_collapse"`` or ``"anti_flatness"``."""
+    """One grokking run. ``regularizer``: ``None``, ``"collapse"``, ``"anti_collapse"`` or ``"anti_flatness"``."""
 
     p: int = 59
     train_fraction: float = 0.4
@@ -208,9 +209,10 @@ class GrokkingConfig:
     seed: int = 0
 
     def __post_init__(self):
-        if self.regularizer not in (None, "anti_collapse", "anti_flatness"):
+        if self.regularizer not in (None, "collapse", "anti_collapse", "anti_flatness"):
             raise ValueError(
-                f"regularizer must be None, 'anti_collapse' or 'anti_flatness', got {self.regularizer!r}"
+                "regularizer must be None, 'collapse', 'anti_collapse' or 'anti_flatness', "
+                f"got {self.regularizer!r}"
             )
         if self.architecture not in ("mlp", "transformer"):
             raise ValueError(f"architecture must be 'mlp' or 'transformer', got {self.architecture!r}")
@@ -284,13 +286,14 @@ def train_grokking(config: GrokkingConfig, progress: bool = False) -> dict:
             break
         objective = loss
         if config.regularizer is not None and step < until and config.reg_strength > 0:
-            if config.regularizer == "anti_collapse":
+            if config.regularizer in ("collapse", "anti_collapse"):
                 metric = collapse_metric(feats, y_tr, config.p)
             else:
                 metric = relative_flatness(feats, model.head.weight)
             if config.reg_form == "log":
                 metric = torch.log(metric.clamp_min(1e-12))
-            objective = loss - config.reg_strength * metric
+            sign = 1.0 if config.regularizer == "collapse" else -1.0
+            objective = loss + sign * config.reg_strength * metric
         optimizer.zero_grad()
         objective.backward()
         if config.grad_clip is not None:

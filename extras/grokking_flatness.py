@@ -187,7 +187,10 @@ def collapse_metric(features: torch.Tensor, labels: torch.Tensor, n_classes: int
 
 @dataclass
 class GrokkingConfig:
-    """One grokking run. ``regularizer``: ``None``, ``"collapse"``, ``"anti_collapse"`` or ``"anti_flatness"``."""
+    """One grokking run.
+
+    ``regularizer``: ``None``, ``"collapse"``, ``"anti_collapse"`` or ``"anti_flatness"``.
+    """
 
     p: int = 59
     train_fraction: float = 0.4

@@ -76,7 +76,6 @@ TRANSFORMER = dict(
     lr=3e-3,
     weight_decay=2.0,
     adam_beta2=0.98,
-    grad_clip=1.0,
 )
 
 
@@ -88,8 +87,8 @@ def _train(config: GrokkingConfig) -> dict:
 def run(
     steps: int,
     seed: int = 0,
-    collapse: tuple = (1e-2,),
-    anti_collapse: tuple = (1e-2,),
+    collapse: tuple = (0.1,),
+    anti_collapse: tuple = (1e-4,),
     anti_flatness: tuple = (1e-3, 1e-2),
     jobs: int = 1,
 ) -> dict:
@@ -160,10 +159,10 @@ def main(argv=None) -> dict:
     parser.add_argument("--steps", type=int, default=3000)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument(
-        "--collapse", type=float, nargs="*", default=[1e-2], help="lambda of loss + lambda NC"
+        "--collapse", type=float, nargs="*", default=[0.1], help="lambda of loss + lambda NC"
     )
     parser.add_argument(
-        "--anti-collapse", type=float, nargs="*", default=[1e-2], help="lambda of loss - lambda NC"
+        "--anti-collapse", type=float, nargs="*", default=[1e-4], help="lambda of loss - lambda NC"
     )
     parser.add_argument(
         "--anti-flatness", type=float, nargs="*", default=[1e-3, 1e-2], help="lambda of loss - lambda kappa"

@@ -158,9 +158,7 @@ def main(argv=None) -> dict:
     parser.add_argument("--output", type=Path, default=default_output_dir(METHOD))
     parser.add_argument("--steps", type=int, default=3000)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument(
-        "--collapse", type=float, nargs="*", default=[0.1], help="lambda of loss + lambda NC"
-    )
+    parser.add_argument("--collapse", type=float, nargs="*", default=[0.1], help="lambda of loss + lambda NC")
     parser.add_argument(
         "--anti-collapse", type=float, nargs="*", default=[1e-4], help="lambda of loss - lambda NC"
     )

@@ -13,7 +13,7 @@ Data (our reconstruction; the paper's exact design was not available to us): ``t
 ``R = --input-range`` (default 2), true coefficients ``N(0, 1)`` of a polynomial of the true order, unit
 noise. The metric is the mean absolute error between selected and true orders over trials (Table 1).
 
-Usage: ``python -m emreason.extras.reproduce.jala_em [--output DIR] [--trials 20] [--quick]``
+Usage: ``python -m emreason.extras.reproduce.jala_em [--output DIR] [--trials 40] [--quick]``
 """
 
 from __future__ import annotations
@@ -79,7 +79,7 @@ def main(argv: list[str] | None = None) -> dict:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--output", type=Path, default=default_output_dir("jala_em"))
-    parser.add_argument("--trials", type=int, default=20)
+    parser.add_argument("--trials", type=int, default=40)
     parser.add_argument("--input-range", type=float, default=2.0)
     parser.add_argument("--seed", type=int, default=2025)
     parser.add_argument("--quick", action="store_true", help="2 trials of 2 cells (for tests)")

@@ -5,8 +5,10 @@ Generalization via Grokking" (NeurIPS 2025).
 
 Model: a one-hidden-layer MLP on learned token embeddings, ``(a, b) -> phi = relu(W1 [E_a; E_b] + b1)``
 (penultimate features, ``h``-dimensional) ``-> logits = W phi`` (``W``: ``p x h``, no bias), trained
-full-batch with AdamW on softmax cross-entropy for ``(a + b) mod p``. (The paper also uses a 2-layer
-transformer; the MLP is our CPU-scale choice.)
+full-batch with AdamW on softmax cross-entropy for ``(a + b) mod p``. :class:`ModularTransformer` is the
+paper's setting: a small pre-norm transformer (1 or 2 layers) on the sequence ``a, b, =``, whose
+penultimate features are the final-normed residual stream at ``=`` and whose head is a bias-free unembedding
+(``GrokkingConfig(architecture="transformer")``).
 
 Metrics, all on the training split:
 
@@ -20,7 +22,8 @@ Metrics, all on the training split:
   ``mu_c`` is the class mean of ``phi`` and ``V_c`` the mean squared distance of a class's features to
   ``mu_c``. Small = collapsed. Classes with fewer than two training samples are skipped.
 
-Regularisers: ``loss - lambda * NC`` (anti-collapse: rewards spread-out classes) and
+Regularisers: ``loss + lambda * NC`` (collapse: rewards tight classes), ``loss - lambda * NC``
+(anti-collapse: rewards spread-out classes) and
 ``loss - lambda * kappa`` (anti-flatness: rewards sharp minima), the latter switched off after
 ``regularizer_until`` steps. ``reg_form="log"`` uses ``log(NC)`` / ``log(kappa)`` instead (our addition: both
 metrics are unbounded, and with AdamW the linear form lets the regulariser take over once the training loss
@@ -40,6 +43,7 @@ from tqdm import tqdm
 __all__ = [
     "modular_addition_split",
     "ModularMLP",
+    "ModularTransformer",
     "relative_flatness",
     "flatness_upper_bound",
     "collapse_metric",
@@ -78,6 +82,46 @@ class ModularMLP(nn.Module):
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
         return F.relu(self.hidden(self.embed(x).flatten(1)))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.features(x))
+
+
+class ModularTransformer(nn.Module):
+    """Pre-norm transformer on ``(a, b, =)``: ``(n, 2)`` pairs -> ``(n, p)`` logits.
+
+    ``features`` is the layer-normed residual stream at the ``=`` position, ``(n, d_model)``; the head is a
+    bias-free linear unembedding, so :func:`relative_flatness` applies to it as to the MLP's head.
+    """
+
+    def __init__(
+        self,
+        p: int,
+        d_model: int = 128,
+        n_heads: int = 4,
+        n_layers: int = 1,
+        d_mlp: int = 512,
+        seed: int = 0,
+    ):
+        super().__init__()
+        if d_model % n_heads:
+            raise ValueError(f"d_model ({d_model}) must be divisible by n_heads ({n_heads})")
+        torch.manual_seed(seed)
+        self.p = p
+        self.embed = nn.Embedding(p + 1, d_model)  # token p is "="
+        self.position = nn.Parameter(torch.randn(3, d_model) * 0.02)
+        layer = nn.TransformerEncoderLayer(
+            d_model, n_heads, d_mlp, dropout=0.0, activation="relu", batch_first=True, norm_first=True
+        )
+        self.blocks = nn.TransformerEncoder(layer, n_layers, enable_nested_tensor=False)
+        self.norm = nn.LayerNorm(d_model)
+        self.head = nn.Linear(d_model, p, bias=False)
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        equals = torch.full((x.shape[0], 1), self.p, dtype=x.dtype, device=x.device)
+        tokens = torch.cat([x, equals], dim=1)  # (n, 3)
+        hidden = self.blocks(self.embed(tokens) + self.position)
+        return self.norm(hidden[:, -1])
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(self.features(x))
@@ -143,7 +187,10 @@ def collapse_metric(features: torch.Tensor, labels: torch.Tensor, n_classes: int
 
 @dataclass
 class GrokkingConfig:
-    """One grokking run. ``regularizer``: ``None``, ``"anti_collapse"`` or ``"anti_flatness"``."""
+    """One grokking run.
+
+    ``regularizer``: ``None``, ``"collapse"``, ``"anti_collapse"`` or ``"anti_flatness"``.
+    """
 
     p: int = 59
     train_fraction: float = 0.4
@@ -157,13 +204,27 @@ class GrokkingConfig:
     reg_strength: float = 0.0
     regularizer_until: int | None = None
     reg_form: str = "linear"
+    architecture: str = "mlp"
+    n_layers: int = 1
+    n_heads: int = 4
+    adam_beta2: float = 0.999
+    grad_clip: float | None = None
     seed: int = 0
 
     def __post_init__(self):
-        if self.regularizer not in (None, "anti_collapse", "anti_flatness"):
+        if self.regularizer not in (None, "collapse", "anti_collapse", "anti_flatness"):
             raise ValueError(
-                f"regularizer must be None, 'anti_collapse' or 'anti_flatness', got {self.regularizer!r}"
+                "regularizer must be None, 'collapse', 'anti_collapse' or 'anti_flatness', "
+                f"got {self.regularizer!r}"
             )
+        if self.architecture not in ("mlp", "transformer"):
+            raise ValueError(f"architecture must be 'mlp' or 'transformer', got {self.architecture!r}")
+        if self.n_layers < 1 or self.n_heads < 1:
+            raise ValueError(f"n_layers and n_heads must be >= 1, got {self.n_layers}, {self.n_heads}")
+        if not 0.0 <= self.adam_beta2 < 1.0:
+            raise ValueError(f"adam_beta2 must lie in [0, 1), got {self.adam_beta2}")
+        if self.grad_clip is not None and not self.grad_clip > 0:
+            raise ValueError(f"grad_clip must be positive or None, got {self.grad_clip}")
         if self.reg_form not in ("linear", "log"):
             raise ValueError(f"reg_form must be 'linear' or 'log', got {self.reg_form!r}")
         if self.steps < 1 or self.log_every < 1:
@@ -175,8 +236,23 @@ class GrokkingConfig:
 def train_grokking(config: GrokkingConfig, progress: bool = False) -> dict:
     """Train one model; returns the config and logged curves (step, accuracies, losses, metrics)."""
     x_tr, y_tr, x_va, y_va = modular_addition_split(config.p, config.train_fraction, config.seed)
-    model = ModularMLP(config.p, config.embed_dim, config.hidden, config.seed)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    if config.architecture == "transformer":
+        model = ModularTransformer(
+            config.p,
+            d_model=config.embed_dim,
+            n_heads=config.n_heads,
+            n_layers=config.n_layers,
+            d_mlp=4 * config.embed_dim,
+            seed=config.seed,
+        )
+    else:
+        model = ModularMLP(config.p, config.embed_dim, config.hidden, config.seed)
+    optimizer = torch.optim.AdamW(
+        model.parameters(),
+        lr=config.lr,
+        betas=(0.9, config.adam_beta2),
+        weight_decay=config.weight_decay,
+    )
     until = config.steps if config.regularizer_until is None else config.regularizer_until
     log: dict[str, list] = {
         k: []
@@ -198,7 +274,9 @@ def train_grokking(config: GrokkingConfig, progress: bool = False) -> dict:
         loss = F.cross_entropy(logits, y_tr)
         if step % config.log_every == 0 or step == config.steps:
             with torch.no_grad():
+                model.eval()  # no dropout anywhere; eval() only skips the encoder's training-mode checks
                 val_logits = model(x_va)
+                model.train()
                 log["step"].append(step)
                 log["train_acc"].append(float((logits.argmax(1) == y_tr).float().mean()))
                 log["val_acc"].append(float((val_logits.argmax(1) == y_va).float().mean()))
@@ -211,15 +289,18 @@ def train_grokking(config: GrokkingConfig, progress: bool = False) -> dict:
             break
         objective = loss
         if config.regularizer is not None and step < until and config.reg_strength > 0:
-            if config.regularizer == "anti_collapse":
+            if config.regularizer in ("collapse", "anti_collapse"):
                 metric = collapse_metric(feats, y_tr, config.p)
             else:
                 metric = relative_flatness(feats, model.head.weight)
             if config.reg_form == "log":
                 metric = torch.log(metric.clamp_min(1e-12))
-            objective = loss - config.reg_strength * metric
+            sign = 1.0 if config.regularizer == "collapse" else -1.0
+            objective = loss + sign * config.reg_strength * metric
         optimizer.zero_grad()
         objective.backward()
+        if config.grad_clip is not None:
+            nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
         optimizer.step()
     return {"config": asdict(config), **log}
 

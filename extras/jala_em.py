@@ -22,6 +22,13 @@ it: latent polynomial coefficients ``x ~ N(theta 1, prior_var I)`` with a scalar
 marginal likelihoods stays an Occam-razor comparison), ``y | x ~ N(Phi x, noise_var I)``, with ``Phi`` the
 Vandermonde matrix of the inputs. Its marginal ``y ~ N(theta Phi 1, noise_var I + prior_var Phi Phi')``
 and posterior are in closed form, which the tests and the reproduction use as ground truth.
+
+:class:`BayesianPolynomialRegression` is the evidence-framework version used by the model-selection
+reproduction: coefficients ``x ~ N(0, alpha^-1 I)``, noise precision ``beta``, and the learned parameter
+``theta = (log alpha, log beta)`` (both hyper-parameters estimated by maximum marginal likelihood, as BIC
+also fits the noise level). Its Langevin target is stiff (posterior precision up to ``beta
+lambda_max(Phi' Phi)``), so it exposes ``langevin_step_bound(theta) = 0.5 / L(theta)``; :class:`JALAEM`
+caps its ULA step at that bound whenever a model provides one (ULA is unstable for steps above ``2 / L``).
 """
 
 from __future__ import annotations
@@ -30,7 +37,6 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 import numpy as np
-import torch
 
 
 def logsumexp(values: np.ndarray) -> float:
@@ -38,7 +44,14 @@ def logsumexp(values: np.ndarray) -> float:
     return float(np.logaddexp.reduce(values))
 
 
-__all__ = ["LatentVariableModel", "LinearGaussianRegression", "JALAEM", "systematic_resample"]
+__all__ = [
+    "BayesianPolynomialRegression",
+    "LatentVariableModel",
+    "LinearGaussianRegression",
+    "JALAEM",
+    "NumpyAdam",
+    "systematic_resample",
+]
 
 
 class LatentVariableModel(Protocol):
@@ -162,6 +175,123 @@ class LinearGaussianRegression:
         return np.array([solved @ self.targets / (solved @ direction)])
 
 
+class BayesianPolynomialRegression:
+    """Polynomial regression with learned prior and noise precisions (see module docstring).
+
+    ``log p_theta(x, y) = log N(y; Phi x, beta^-1 I) + log N(x; 0, alpha^-1 I)`` with
+    ``theta = (log alpha, log beta)``, shape (2,). ``Phi`` is the (n, order + 1) Vandermonde matrix.
+
+    Args:
+        inputs: (n,) scalar inputs; targets: (n,) responses; order: polynomial order (``order + 1`` latents).
+    """
+
+    def __init__(self, inputs: np.ndarray, targets: np.ndarray, order: int) -> None:
+        inputs = np.asarray(inputs, dtype=np.float64)
+        targets = np.asarray(targets, dtype=np.float64)
+        if inputs.ndim != 1 or targets.shape != inputs.shape:
+            raise ValueError(
+                f"inputs and targets must be equal-length 1-D arrays, got {inputs.shape}, {targets.shape}"
+            )
+        if order < 0 or int(order) != order:
+            raise ValueError(f"order must be a non-negative integer, got {order}")
+        self.features = np.vander(inputs, int(order) + 1, increasing=True)  # (n, d)
+        self.targets = targets
+        self.dim = int(order) + 1
+        self.n = len(targets)
+        # Sufficient statistics: every density below costs O(d^2) per particle, not O(n d).
+        self._gram = self.features.T @ self.features
+        self._phi_t_y = self.features.T @ targets
+        self._y_norm2 = float(targets @ targets)
+        self._gram_eigenvalues = np.linalg.eigvalsh(self._gram)
+
+    def _precisions(self, theta: np.ndarray) -> tuple[float, float]:
+        theta = np.asarray(theta, dtype=np.float64)
+        if theta.shape != (2,):
+            raise ValueError(f"theta is (log alpha, log beta), shape (2,); got shape {theta.shape}")
+        return float(np.exp(theta[0])), float(np.exp(theta[1]))
+
+    def _residual_norm2(self, x: np.ndarray) -> np.ndarray:
+        """``||y - Phi x||^2`` per particle, shape (N,)."""
+        return self._y_norm2 - 2.0 * x @ self._phi_t_y + ((x @ self._gram) * x).sum(1)
+
+    def log_joint(self, theta: np.ndarray, x: np.ndarray) -> np.ndarray:
+        alpha, beta = self._precisions(theta)
+        log_lik = 0.5 * self.n * np.log(beta / (2 * np.pi)) - 0.5 * beta * self._residual_norm2(x)
+        log_prior = 0.5 * self.dim * np.log(alpha / (2 * np.pi)) - 0.5 * alpha * (x**2).sum(1)
+        return log_lik + log_prior
+
+    def grad_x_log_joint(self, theta: np.ndarray, x: np.ndarray) -> np.ndarray:
+        alpha, beta = self._precisions(theta)
+        return beta * (self._phi_t_y[None, :] - x @ self._gram) - alpha * x
+
+    def grad_theta_log_joint(self, theta: np.ndarray, x: np.ndarray) -> np.ndarray:
+        alpha, beta = self._precisions(theta)
+        d_log_alpha = 0.5 * self.dim - 0.5 * alpha * (x**2).sum(1)
+        d_log_beta = 0.5 * self.n - 0.5 * beta * self._residual_norm2(x)
+        return np.stack([d_log_alpha, d_log_beta], axis=1)
+
+    def _posterior(self, theta: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Posterior mean (d,) and Cholesky factor of the posterior precision (d, d)."""
+        alpha, beta = self._precisions(theta)
+        precision = alpha * np.eye(self.dim) + beta * self._gram
+        chol = np.linalg.cholesky(precision)
+        mean = beta * np.linalg.solve(precision, self._phi_t_y)
+        return mean, chol
+
+    def posterior_mean(self, theta: np.ndarray) -> np.ndarray:
+        return self._posterior(theta)[0]
+
+    def sample_posterior(self, theta: np.ndarray, n: int, rng: np.random.Generator) -> np.ndarray:
+        mean, chol = self._posterior(theta)
+        # x = mean + L^-T z has covariance (L L^T)^-1, the posterior covariance.
+        noise = np.linalg.solve(chol.T, rng.standard_normal((self.dim, n))).T
+        return mean[None, :] + noise
+
+    def log_marginal(self, theta: np.ndarray) -> float:
+        """Exact evidence (Bishop, PRML eq. 3.86) in O(d^3): no n x n matrix is formed."""
+        alpha, beta = self._precisions(theta)
+        mean, chol = self._posterior(theta)
+        energy = 0.5 * beta * float(self._residual_norm2(mean[None, :])[0]) + 0.5 * alpha * float(mean @ mean)
+        return float(
+            0.5 * self.dim * np.log(alpha)
+            + 0.5 * self.n * np.log(beta)
+            - energy
+            - np.log(np.diag(chol)).sum()
+            - 0.5 * self.n * np.log(2 * np.pi)
+        )
+
+    def langevin_step_bound(self, theta: np.ndarray) -> float:
+        """``0.5 / L`` with ``L = alpha + beta lambda_max(Phi' Phi)``, the Lipschitz constant of the drift."""
+        alpha, beta = self._precisions(theta)
+        return 0.5 / (alpha + beta * float(self._gram_eigenvalues[-1]))
+
+
+class NumpyAdam:
+    """Adam (Kingma & Ba), the same update as ``torch.optim.Adam`` with its defaults, for one float64 vector.
+
+    Used instead of torch's optimiser because JALA-EM's parameter is tiny and the per-step Python overhead
+    of ``torch.optim`` dominated the runtime. ``step(grad)`` descends on ``grad``, shape (d,).
+    """
+
+    def __init__(self, params: np.ndarray, lr: float, betas=(0.9, 0.999), eps: float = 1e-8) -> None:
+        self.params = np.array(params, dtype=np.float64)
+        self.lr, self.betas, self.eps = float(lr), betas, float(eps)
+        self._m = np.zeros_like(self.params)
+        self._v = np.zeros_like(self.params)
+        self._t = 0
+
+    def step(self, grad: np.ndarray) -> np.ndarray:
+        beta1, beta2 = self.betas
+        self._t += 1
+        self._m = beta1 * self._m + (1 - beta1) * grad
+        self._v = beta2 * self._v + (1 - beta2) * grad * grad
+        bias1 = 1 - beta1**self._t
+        bias2 = 1 - beta2**self._t
+        denominator = np.sqrt(self._v) / np.sqrt(bias2) + self.eps
+        self.params = self.params - (self.lr / bias1) * self._m / denominator
+        return self.params.copy()
+
+
 @dataclass
 class _History:
     theta: list = field(default_factory=list)
@@ -177,6 +307,8 @@ class JALAEM:
     ----------
     n_particles : N. n_steps : K. langevin_step : gamma (ULA step). learning_rate : Adam's step for theta.
     ess_threshold : resample when ESS / N < this (in (0, 1]). random_state : seeds particles and noise.
+    If the model has a ``langevin_step_bound(theta)`` method, each ULA step is
+    ``min(langevin_step, model.langevin_step_bound(theta))``.
 
     Attributes (after ``fit``)
     --------------------------
@@ -224,28 +356,27 @@ class JALAEM:
         particles = model.sample_posterior(theta, self.n_particles, rng)
         log_z0 = float(model.log_marginal(theta))
         log_weights = np.zeros(self.n_particles)
-        # torch's Adam holds the moment estimates; theta lives in a float64 leaf tensor shared with numpy.
-        theta_tensor = torch.tensor(theta, dtype=torch.float64, requires_grad=True)
-        optimizer = torch.optim.Adam([theta_tensor], lr=self.learning_rate)
+        optimizer = NumpyAdam(theta, lr=self.learning_rate)
         history = _History()
         history.theta.append(theta.copy())
         history.log_z.append(log_z0)
         history.ess.append(float(self.n_particles))
         n_resamples = 0
         log_joint_old = model.log_joint(theta, particles)
+        step_bound = getattr(model, "langevin_step_bound", None)
         for _ in range(self.n_steps):
             normalised = np.exp(log_weights - logsumexp(log_weights))
             ascent = normalised @ model.grad_theta_log_joint(theta, particles)
-            optimizer.zero_grad()
-            theta_tensor.grad = torch.from_numpy(-ascent)
-            optimizer.step()
-            new_theta = theta_tensor.detach().numpy().copy()
+            new_theta = optimizer.step(-ascent)
             log_joint_new = model.log_joint(new_theta, particles)
             log_weights = log_weights + log_joint_new - log_joint_old  # Jarzynski work increment
             theta = new_theta
             drift = model.grad_x_log_joint(theta, particles)
             noise = rng.standard_normal(particles.shape)
-            particles = particles + self.langevin_step * drift + np.sqrt(2.0 * self.langevin_step) * noise
+            gamma = self.langevin_step
+            if step_bound is not None:
+                gamma = min(gamma, float(step_bound(theta)))
+            particles = particles + gamma * drift + np.sqrt(2.0 * gamma) * noise
             log_mean_weight = logsumexp(log_weights) - np.log(self.n_particles)
             normalised = np.exp(log_weights - logsumexp(log_weights))
             ess = 1.0 / np.sum(normalised**2)

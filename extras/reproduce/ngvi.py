@@ -9,7 +9,12 @@ L-BFGS on the exact loss. A second experiment runs Proj-SNGD with decreasing ste
 and fits the log-log slope of ``E[L(q_T)] - L*`` in ``T``, to set beside the paper's ``O(1/T)`` rate under
 hidden convexity and ``O(1/sqrt T)`` for stationarity in the general non-convex case.
 
-Usage: ``python -m emreason.extras.reproduce.ngvi [--output DIR] [--seeds 5]``
+The sweep runs twice: with minibatches of 32 (the stochastic setting, 5 seeds) and with the full batch
+(deterministic, one run), which separates the step-size stability limit of each method from minibatch
+noise. For each method and setting it reports the *converging range*: the step sizes at which no run
+diverged and the mean final gap to ``L*`` is within 1 nat (and, looser, 10 nats).
+
+Usage: ``python -m emreason.extras.reproduce.ngvi [--output DIR] [--seeds 5] [--quick]``
 """
 
 from __future__ import annotations
@@ -61,16 +66,25 @@ def optimal_loss(problem: LogisticRegressionVIProblem) -> float:
     return float(result.fun)
 
 
-def step_size_sweep(problem: LogisticRegressionVIProblem, seeds: int, n_iter: int) -> dict:
+def step_size_sweep(
+    problem: LogisticRegressionVIProblem,
+    seeds: int,
+    n_iter: int,
+    batch_size: int | None = 32,
+    grids: dict | None = None,
+) -> dict:
+    """Final negative ELBO per method and step size; ``batch_size=None`` = full batch (one seed)."""
+    grids = STEP_GRIDS if grids is None else grids
+    seeds = 1 if batch_size is None else seeds
     sweep = {}
     for method in METHODS:
         rows = []
-        for eta in tqdm(STEP_GRIDS[method], desc=method, leave=False):
+        for eta in tqdm(grids[method], desc=f"{method} (batch {batch_size or 'full'})", leave=False):
             losses, diverged = [], 0
             for seed in range(seeds):
-                fit = MeanFieldGaussianVI(method, eta, n_iter=n_iter, batch_size=32, random_state=seed).fit(
-                    problem
-                )
+                fit = MeanFieldGaussianVI(
+                    method, eta, n_iter=n_iter, batch_size=batch_size, random_state=seed
+                ).fit(problem)
                 losses.append(fit.final_loss_)
                 diverged += int(fit.diverged_)
             finite = [x for x in losses if np.isfinite(x)]
@@ -78,11 +92,33 @@ def step_size_sweep(problem: LogisticRegressionVIProblem, seeds: int, n_iter: in
                 {
                     "step_size": eta,
                     "mean_final_loss": float(np.mean(finite)) if finite else None,
+                    "min_final_loss": float(np.min(finite)) if finite else None,
+                    "max_final_loss": float(np.max(finite)) if finite else None,
                     "diverged_runs": diverged,
+                    "runs": seeds,
                 }
             )
         sweep[method] = rows
     return sweep
+
+
+def converging_range(rows: list[dict], l_star: float, tolerance: float) -> dict:
+    """Smallest and largest step size with no divergence and mean final gap <= ``tolerance`` nats."""
+    good = [
+        r["step_size"]
+        for r in rows
+        if r["diverged_runs"] == 0
+        and r["mean_final_loss"] is not None
+        and r["mean_final_loss"] - l_star <= tolerance
+    ]
+    if not good:
+        return {"min": None, "max": None, "decades": 0.0, "n_steps": 0}
+    return {
+        "min": min(good),
+        "max": max(good),
+        "decades": float(np.log10(max(good) / min(good))),
+        "n_steps": len(good),
+    }
 
 
 def tolerated_decades(rows: list[dict], l_star: float, tolerance: float) -> float:
@@ -97,8 +133,10 @@ def tolerated_decades(rows: list[dict], l_star: float, tolerance: float) -> floa
     return float(np.log10(max(good) / min(good))) if good else 0.0
 
 
-def rate_experiment(problem: LogisticRegressionVIProblem, l_star: float, seeds: int) -> dict:
-    horizons = [100, 200, 400, 800, 1600, 3200]
+def rate_experiment(
+    problem: LogisticRegressionVIProblem, l_star: float, seeds: int, quick: bool = False
+) -> dict:
+    horizons = [50, 100, 200] if quick else [100, 200, 400, 800, 1600, 3200]
     gaps = []
     for horizon in tqdm(horizons, desc="rate", leave=False):
         values = [
@@ -122,14 +160,27 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--output", type=Path, default=default_output_dir("ngvi"))
     parser.add_argument("--seeds", type=int, default=5)
     parser.add_argument("--iterations", type=int, default=2000)
+    parser.add_argument("--quick", action="store_true", help="2 seeds, 150 iterations, 6 steps (tests)")
     args = parser.parse_args(argv)
+    grids = STEP_GRIDS
+    if args.quick:
+        args.seeds, args.iterations = 2, 150
+        grids = {m: [g[i] for i in (0, 2, 3, 5, 6, 8)] for m, g in STEP_GRIDS.items()}
     if args.seeds < 1 or args.iterations < 1:
         raise ValueError(f"--seeds and --iterations must be >= 1, got {args.seeds}, {args.iterations}")
     start = time.perf_counter()
     problem = digits_problem()
     l_star = optimal_loss(problem)
-    sweep = step_size_sweep(problem, args.seeds, args.iterations)
-    rate = rate_experiment(problem, l_star, args.seeds)
+    sweep = step_size_sweep(problem, args.seeds, args.iterations, 32, grids)
+    full = step_size_sweep(problem, args.seeds, args.iterations, None, grids)
+    rate = rate_experiment(problem, l_star, args.seeds, quick=args.quick)
+    ranges = {
+        setting: {
+            f"within_{tol}_nat": {m: converging_range(rows[m], l_star, tol) for m in METHODS}
+            for tol in (1, 10)
+        }
+        for setting, rows in (("minibatch_32", sweep), ("full_batch", full))
+    }
     payload = {
         "paper": "Natural Gradient VI: Guarantees for Non-Conjugate Models (NeurIPS 2025)",
         "paper_claim": PAPER_CLAIM,
@@ -145,6 +196,8 @@ def main(argv: list[str] | None = None) -> dict:
         },
         "optimal_negative_elbo": l_star,
         "sweep": sweep,
+        "sweep_full_batch": full,
+        "converging_ranges": ranges,
         "tolerated_step_decades_within_1_nat": {m: tolerated_decades(sweep[m], l_star, 1.0) for m in METHODS},
         "tolerated_step_decades_within_10_nats": {
             m: tolerated_decades(sweep[m], l_star, 10.0) for m in METHODS
@@ -153,36 +206,48 @@ def main(argv: list[str] | None = None) -> dict:
         "wall_seconds": time.perf_counter() - start,
     }
     write_json_atomic(args.output / "results.json", payload)
-    _plot(sweep, l_star, rate, args.output / "step_size_robustness.png")
+    _plot(
+        {"minibatch 32, 5 seeds": sweep, "full batch": full},
+        l_star,
+        rate,
+        args.output / "step_size_robustness.png",
+    )
     print(f"wrote {args.output}/results.json and step_size_robustness.png")
     return payload
 
 
-def _plot(sweep: dict, l_star: float, rate: dict, path: Path) -> None:
+def _plot(sweeps: dict, l_star: float, rate: dict, path: Path) -> None:
     import matplotlib.pyplot as plt
 
-    figure, axes = plt.subplots(1, 2, figsize=(10, 3.8))
-    for method in METHODS:
-        steps = [r["step_size"] for r in sweep[method]]
-        gaps = [(r["mean_final_loss"] - l_star) if r["diverged_runs"] == 0 else np.nan for r in sweep[method]]
-        line = axes[0].plot(steps, np.maximum(gaps, 1e-3), marker="o", label=method)[0]
-        diverged = [s for s, r in zip(steps, sweep[method]) if r["diverged_runs"] > 0]
-        axes[0].plot(diverged, [1e5] * len(diverged), "x", color=line.get_color(), ms=9)
-    axes[0].set_xscale("log")
-    axes[0].set_yscale("log")
-    axes[0].set_xlabel("step size (unitless for natural-gradient methods)")
-    axes[0].set_ylabel("final negative ELBO - L* (nats); x = diverged")
-    axes[0].legend(fontsize=8)
-    axes[1].loglog(
+    figure, axes = plt.subplots(1, len(sweeps) + 1, figsize=(5 * (len(sweeps) + 1), 3.8))
+    for axis, (title, sweep) in zip(axes, sweeps.items()):
+        for method in METHODS:
+            rows = sweep[method]
+            steps = np.array([r["step_size"] for r in rows])
+            ok = np.array([r["diverged_runs"] == 0 for r in rows])
+            gaps = np.array([(r["mean_final_loss"] - l_star) if o else np.nan for r, o in zip(rows, ok)])
+            line = axis.plot(steps, np.maximum(gaps, 1e-3), marker="o", label=method)[0]
+            low = np.array([(r["min_final_loss"] - l_star) if o else np.nan for r, o in zip(rows, ok)])
+            high = np.array([(r["max_final_loss"] - l_star) if o else np.nan for r, o in zip(rows, ok)])
+            axis.fill_between(steps, np.maximum(low, 1e-3), np.maximum(high, 1e-3), alpha=0.15)
+            axis.plot(steps[~ok], [1e5] * int((~ok).sum()), "x", color=line.get_color(), ms=9)
+        axis.axhline(1.0, color="grey", lw=0.6, ls="--")
+        axis.set_xscale("log")
+        axis.set_yscale("log")
+        axis.set_title(title, fontsize=9)
+        axis.set_xlabel("step size (unitless for natural-gradient methods)")
+        axis.set_ylabel("final negative ELBO - L* (nats); x = diverged")
+        axis.legend(fontsize=7)
+    axes[-1].loglog(
         rate["horizons"], rate["mean_suboptimality_nats"], "o-", label="Proj-SNGD, eta_t = 2/(t+40)"
     )
     h = np.array(rate["horizons"], dtype=float)
     g0 = rate["mean_suboptimality_nats"][0]
-    axes[1].loglog(h, g0 * h[0] / h, "k--", lw=0.8, label="O(1/T)")
-    axes[1].loglog(h, g0 * np.sqrt(h[0] / h), "k:", lw=0.8, label="O(1/sqrt T)")
-    axes[1].set_xlabel("iterations T")
-    axes[1].set_ylabel("E[L(q_T)] - L* (nats)")
-    axes[1].legend(fontsize=8)
+    axes[-1].loglog(h, g0 * h[0] / h, "k--", lw=0.8, label="O(1/T)")
+    axes[-1].loglog(h, g0 * np.sqrt(h[0] / h), "k:", lw=0.8, label="O(1/sqrt T)")
+    axes[-1].set_xlabel("iterations T")
+    axes[-1].set_ylabel("E[L(q_T)] - L* (nats)")
+    axes[-1].legend(fontsize=8)
     save_figure_atomic(figure, path)
 
 

@@ -9,6 +9,7 @@ import torch.nn.functional as F
 from emreason.extras.grokking_flatness import (
     GrokkingConfig,
     ModularMLP,
+    ModularTransformer,
     collapse_metric,
     first_step_reaching,
     flatness_upper_bound,
@@ -112,3 +113,36 @@ def test_bad_inputs_raise():
         relative_flatness(torch.zeros(3, 4), torch.zeros(5, 3))
     with pytest.raises(ValueError, match="labels"):
         collapse_metric(torch.zeros(3, 4), torch.tensor([0, 1, 9]), 3)
+
+
+def test_transformer_features_feed_the_head_and_see_both_tokens():
+    model = ModularTransformer(13, d_model=16, n_heads=2, n_layers=2, d_mlp=32, seed=0)
+    x = torch.tensor([[1, 2], [3, 4], [3, 5]])
+    feats = model.features(x)
+    assert feats.shape == (3, 16) and model(x).shape == (3, 13)
+    torch.testing.assert_close(model(x), feats @ model.head.weight.T)
+    assert not torch.allclose(feats[1], feats[2])  # the second operand changes the prediction features
+    with pytest.raises(ValueError, match="divisible"):
+        ModularTransformer(13, d_model=10, n_heads=3)
+
+
+def test_transformer_collapse_regularizer_tightens_classes():
+    base = dict(
+        p=11,
+        train_fraction=0.6,
+        architecture="transformer",
+        embed_dim=16,
+        n_heads=2,
+        lr=3e-3,
+        steps=60,
+        log_every=30,
+        adam_beta2=0.98,
+        grad_clip=1.0,
+    )
+    plain = train_grokking(GrokkingConfig(**base))
+    collapsed = train_grokking(GrokkingConfig(**base, regularizer="collapse", reg_strength=1.0))
+    assert collapsed["collapse"][-1] < 0.8 * plain["collapse"][-1]
+    with pytest.raises(ValueError, match="architecture"):
+        GrokkingConfig(architecture="rnn")
+    with pytest.raises(ValueError, match="grad_clip"):
+        GrokkingConfig(grad_clip=0.0)

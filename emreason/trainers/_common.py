@@ -46,6 +46,13 @@ class RolloutHooksMixin:
 
     _record_rollout_stats = False
 
+    def _prepare_inputs(self, generation_batch):
+        if self.model.training and self._step == 0 and self.state.global_step > 0:
+            # Resumed from a checkpoint: TRL restarts its micro-step counter at 0, which would replay the
+            # first steps' per-sample seeds (and buffer slots). Micro-steps done = optimizer steps x GA.
+            self._step = self.state.global_step * self.args.gradient_accumulation_steps
+        return super()._prepare_inputs(generation_batch)
+
     def _generate_single_turn(
         self, prompt_ids, images, multimodal_fields, num_generations, has_tool_images=False
     ):

@@ -104,6 +104,7 @@ class Context:
     results: dict[str, dict] = field(default_factory=dict)
     model: Path | None = None
     device: str = "cuda"
+    max_model_len: int | None = None  # --max-model-len capped at the model's max_position_embeddings
 
     def remaining(self) -> float:
         return self.deadline - time.monotonic()
@@ -383,12 +384,20 @@ def step_prepare(ctx: Context, budget: float) -> dict:
         for c in conversations
     ]
     write_json_atomic(ctx.workdir / "prompts.json", {"conversations": conversations, "token_ids": token_ids})
+    limit = getattr(config, "max_position_embeddings", None) or ctx.args.max_model_len
+    ctx.max_model_len = min(ctx.args.max_model_len, int(limit))
+    longest = max(map(len, token_ids)) + ctx.args.max_new_tokens
+    if longest > ctx.max_model_len:
+        raise ValueError(
+            f"prompt + max_new_tokens needs {longest} positions; max_model_len {ctx.max_model_len}"
+        )
     return {
         "model": str(ctx.model),
         "vocab_size": config.vocab_size,
         "architectures": config.architectures,
         "eos_token": tokenizer.eos_token,
         "prompts": len(token_ids),
+        "max_model_len": ctx.max_model_len,
         "prompt_tokens_mean": round(sum(map(len, token_ids)) / len(token_ids), 1),
         "example": tokenizer.decode(token_ids[0]),
     }
@@ -441,7 +450,7 @@ def _offline_payload(ctx: Context) -> dict:
         "model": str(ctx.model),
         "max_new_tokens": ctx.args.max_new_tokens,
         "gpu_memory_utilization": ctx.args.gpu_memory_utilization,
-        "max_model_len": ctx.args.max_model_len,
+        "max_model_len": ctx.max_model_len or ctx.args.max_model_len,
         "enforce_eager": not ctx.args.cuda_graphs,
     }
 
@@ -477,8 +486,8 @@ def server_command(ctx: Context, port: int) -> list[str]:
         sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", str(ctx.model),
         "--served-model-name", "model", "--host", "127.0.0.1", "--port", str(port), "--dtype", "float32",
         "--gpu-memory-utilization", str(ctx.args.gpu_memory_utilization),
-        "--max-model-len", str(ctx.args.max_model_len), "--logprobs-mode", "processed_logprobs",
-        "--seed", "0",
+        "--max-model-len", str(ctx.max_model_len or ctx.args.max_model_len),
+        "--logprobs-mode", "processed_logprobs", "--seed", "0",
     ]  # fmt: skip
     return command + ([] if ctx.args.cuda_graphs else ["--enforce-eager"])
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 
 import torch
@@ -31,6 +32,35 @@ def check_train_inputs(train_dataset, processing_class) -> None:
             )
         logger.warning("tokenizer has no pad token; using its EOS token %r for padding", tokenizer.eos_token)
         tokenizer.pad_token = tokenizer.eos_token
+
+
+@contextlib.contextmanager
+def vllm_engine_dtype(trainer, args):
+    """While TRL builds its colocated ``vllm.LLM``, give it a dtype: ``args.vllm_dtype`` or the policy's.
+
+    TRL 1.16 passes no dtype, and vLLM's "auto" downcasts float32 checkpoints to bfloat16 (float16 on
+    some GPUs): rollout log-probs would then differ from the trainer's float32 ones by up to ~4e-3.
+    The policy (``trainer.model``) exists by the time TRL builds the engine.
+    """
+    if not getattr(args, "use_vllm", False) or args.vllm_mode != "colocate":
+        yield
+        return
+    from trl.generation import vllm_generation
+
+    original = vllm_generation.LLM
+
+    def build(*llm_args, **kwargs):
+        if "dtype" not in kwargs:
+            policy_dtype = next(trainer.model.parameters()).dtype
+            kwargs["dtype"] = args.vllm_dtype or str(policy_dtype).removeprefix("torch.")
+        trainer._vllm_dtype = kwargs["dtype"]
+        return original(*llm_args, **kwargs)
+
+    vllm_generation.LLM = build
+    try:
+        yield
+    finally:
+        vllm_generation.LLM = original
 
 
 def _per_sample_seed(base_seed: int, step: int, row: int) -> int:

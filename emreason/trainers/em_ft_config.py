@@ -25,6 +25,10 @@ class EMFTConfig(GRPOConfig):
         per_sample_seeded_sampling (`bool`, defaults to `False`):
             Sample each completion from its own seeded noise stream (Gumbel-max) so samples do not depend
             on the number of processes. Transformers generation only; ignores top-k/top-p.
+        vllm_dtype (`str` or `None`, defaults to `None`):
+            dtype of the colocated vLLM engine. `None`: the policy's own parameter dtype. TRL 1.16 passes
+            none, and vLLM's "auto" runs float32 checkpoints in bfloat16, so rollout log-probs (the
+            sequence reward, the importance ratios) would differ from the trainer's by ~1e-3 per token.
     """
 
     learning_rate: float = field(default=1e-6, metadata={"help": "The initial learning rate for AdamW."})
@@ -43,6 +47,10 @@ class EMFTConfig(GRPOConfig):
         metadata={
             "help": "Per-sample seeded sampling, independent of the process count (transformers only)."
         },
+    )
+    vllm_dtype: str | None = field(
+        default=None,
+        metadata={"help": "dtype of the colocated vLLM engine; None: the policy's parameter dtype."},
     )
 
     def __post_init__(self):

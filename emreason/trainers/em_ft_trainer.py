@@ -7,7 +7,7 @@ from torch.utils.checkpoint import checkpoint
 from trl import GRPOTrainer
 
 from emreason.entropy import entropy_from_hidden, sequence_logprob
-from emreason.trainers._common import RolloutHooksMixin, check_train_inputs
+from emreason.trainers._common import RolloutHooksMixin, check_train_inputs, vllm_engine_dtype
 from emreason.trainers.em_ft_config import EMFTConfig
 
 __all__ = ["EMFTTrainer"]
@@ -92,17 +92,18 @@ class EMFTTrainer(RolloutHooksMixin, GRPOTrainer):
         if args.use_transformers_continuous_batching and args.per_sample_seeded_sampling:
             raise ValueError("per_sample_seeded_sampling needs model.generate, not continuous batching")
         check_train_inputs(train_dataset, processing_class)
-        super().__init__(
-            model=model,
-            reward_funcs=no_reward,
-            args=args,
-            train_dataset=train_dataset,
-            eval_dataset=eval_dataset,
-            processing_class=processing_class,
-            callbacks=callbacks,
-            optimizers=optimizers,
-            peft_config=peft_config,
-        )
+        with vllm_engine_dtype(self, args):
+            super().__init__(
+                model=model,
+                reward_funcs=no_reward,
+                args=args,
+                train_dataset=train_dataset,
+                eval_dataset=eval_dataset,
+                processing_class=processing_class,
+                callbacks=callbacks,
+                optimizers=optimizers,
+                peft_config=peft_config,
+            )
         # The chunked entropy uses the LM-head weight outside the module's forward: fine for DDP and FSDP2
         # (DTensor.full_tensor() gathers it with gradients), not for ZeRO-3 or FSDP1 partitioned weights.
         state = self.accelerator.state

@@ -6,7 +6,7 @@ import torch
 from trl import GRPOTrainer
 from trl.trainer.utils import pad
 
-from emreason.trainers._common import RolloutHooksMixin, check_train_inputs
+from emreason.trainers._common import RolloutHooksMixin, check_train_inputs, vllm_engine_dtype
 from emreason.trainers.em_rl_config import EMRLConfig
 from emreason.trainers.rewards import entropy_reward, group_advantages
 
@@ -74,17 +74,20 @@ class EMRLTrainer(RolloutHooksMixin, GRPOTrainer):
         self._em_global_rewards: torch.Tensor | None = None
         self._capture_forward_stats = False
         self._forward_stats: tuple[torch.Tensor, torch.Tensor] | None = None
-        super().__init__(
-            model=model,
-            reward_funcs=_TrainerComputedReward(f"neg_entropy_{args.reward_type}_{args.reward_aggregation}"),
-            args=args,
-            train_dataset=train_dataset,
-            eval_dataset=eval_dataset,
-            processing_class=processing_class,
-            callbacks=callbacks,
-            optimizers=optimizers,
-            peft_config=peft_config,
-        )
+        with vllm_engine_dtype(self, args):
+            super().__init__(
+                model=model,
+                reward_funcs=_TrainerComputedReward(
+                    f"neg_entropy_{args.reward_type}_{args.reward_aggregation}"
+                ),
+                args=args,
+                train_dataset=train_dataset,
+                eval_dataset=eval_dataset,
+                processing_class=processing_class,
+                callbacks=callbacks,
+                optimizers=optimizers,
+                peft_config=peft_config,
+            )
 
     # --- rollout statistics --------------------------------------------------------------------------
     def _generate_single_turn(

@@ -2,6 +2,11 @@
 
 A backend turns chat conversations into completions: ``generate(conversations, n) -> list[list[str]]``.
 vLLM is imported only inside :mod:`emreason.evals.backends.vllm_backend`.
+
+Every backend sends the same sampling settings explicitly (top-k off, no repetition penalty unless asked),
+because each library otherwise fills in the model's ``generation_config.json`` differently: transformers'
+``generate`` and ``vllm serve`` apply its ``repetition_penalty`` / ``top_k`` (Qwen2.5-Instruct: 1.05 / 20),
+offline ``LLM.chat`` with explicit ``SamplingParams`` does not. Qwen2.5-Math's evaluation uses neither.
 """
 
 from __future__ import annotations
@@ -17,6 +22,8 @@ class GenerationConfig:
     max_new_tokens: int = 4096
     temperature: float = 0.0
     top_p: float = 1.0
+    top_k: int = 0  # 0 = off
+    repetition_penalty: float = 1.0  # 1.0 = off
     seed: int = 0
     batch_size: int = 16
     em_inf: bool = False
@@ -29,8 +36,26 @@ class GenerationConfig:
             raise ValueError(f"temperature must be >= 0, got {self.temperature}")
         if not 0 < self.top_p <= 1:
             raise ValueError(f"top_p must be in (0, 1], got {self.top_p}")
+        if self.top_k < 0:
+            raise ValueError(f"top_k must be >= 0 (0 = off), got {self.top_k}")
+        if not self.repetition_penalty > 0:
+            raise ValueError(f"repetition_penalty must be > 0, got {self.repetition_penalty}")
         if self.batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
+        if self.em_inf_options and not self.em_inf:
+            raise ValueError(f"EM-INF options {sorted(self.em_inf_options)} given without em_inf (--em-inf)")
+        if self.em_inf:
+            # Checked here, before any engine starts or request is sent, naming the bad value.
+            from emreason.em_inf import EMInfConfig
+
+            try:
+                EMInfConfig().replace(**self.em_inf_options)
+            except (TypeError, ValueError) as error:
+                raise ValueError(f"invalid EM-INF option(s) {self.em_inf_options}: {error}") from None
+
+
+class BackendError(RuntimeError):
+    """A backend cannot serve the run: server unreachable, model not served, processor missing..."""
 
 
 def make_backend(name: str, model: str, config: GenerationConfig, **options: Any):

@@ -58,9 +58,13 @@ class HFBackend:
                 "num_return_sequences": n,
                 "pad_token_id": self.tokenizer.pad_token_id,
                 "logits_processor": self._processors(),
+                # Explicit, so the model's generation_config.json does not add a penalty (see backends).
+                "repetition_penalty": self.config.repetition_penalty,
             }
             if sample:
-                kwargs.update(temperature=self.config.temperature, top_p=self.config.top_p)
+                kwargs.update(
+                    temperature=self.config.temperature, top_p=self.config.top_p, top_k=self.config.top_k
+                )
                 torch.manual_seed(self.config.seed + start)
             else:
                 kwargs.update(temperature=None, top_p=None, top_k=None)

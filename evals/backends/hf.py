@@ -26,14 +26,14 @@ class HFBackend:
         self.model = AutoModelForCausalLM.from_pretrained(model, dtype=torch_dtype).to(self.device).eval()
         self.name = model
 
-    def _processors(self):
+    def _processor_kwargs(self, attention_mask: torch.Tensor) -> dict:
+        """EM-INF's ``generate`` arguments: it runs before the model's repetition penalty (authors' order)."""
         if not self.config.em_inf:
-            return None
-        from transformers import LogitsProcessorList
+            return {}
+        from emreason.integrations.transformers import EMInfLogitsProcessor, em_inf_generate_kwargs
 
-        from emreason.integrations.transformers import EMInfLogitsProcessor
-
-        return LogitsProcessorList([EMInfLogitsProcessor(**self.config.em_inf_options)])
+        processor = EMInfLogitsProcessor(**self.config.em_inf_options)
+        return em_inf_generate_kwargs(processor, self.model.generation_config, attention_mask=attention_mask)
 
     def render(self, conversation: Sequence[dict[str, str]]) -> str:
         return self.tokenizer.apply_chat_template(
@@ -57,7 +57,7 @@ class HFBackend:
                 "do_sample": sample,
                 "num_return_sequences": n,
                 "pad_token_id": self.tokenizer.pad_token_id,
-                "logits_processor": self._processors(),
+                **self._processor_kwargs(encoded["attention_mask"]),
             }
             if sample:
                 kwargs.update(temperature=self.config.temperature, top_p=self.config.top_p)

@@ -4,8 +4,9 @@
     >>> model, tokenizer = toy.load_model()
     >>> problems = toy.make_problems("heldout", 100)
 
-The checkpoint is ordinary package data (safetensors + config + tokenizer) loaded with the ordinary
-``AutoModelForCausalLM.from_pretrained(local_dir)``; `recipes/pretrain_toy.py` recreates it.
+`qwen_format_path()` gives the same skills behind a Qwen2.5-Instruct-shaped interface (built and cached
+on first use). The checkpoint is ordinary package data (safetensors + config + tokenizer) loaded with the
+ordinary ``AutoModelForCausalLM.from_pretrained(local_dir)``; `recipes/pretrain_toy.py` recreates it.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ __all__ = [
     "random_problem",
     "model_path",
     "load_model",
+    "qwen_format_path",
 ]
 
 _CHECKPOINT = Path(__file__).resolve().parent / "checkpoint"
@@ -36,6 +38,14 @@ def model_path() -> Path:
             f"`python recipes/pretrain_toy.py --output_dir {_CHECKPOINT}`"
         )
     return _CHECKPOINT
+
+
+def qwen_format_path(*, rebuild: bool = False, verbose: bool = False) -> Path:
+    """Directory of the Qwen2.5-format fixture (byte-level BPE, ChatML, Qwen2.5 chat template, vocabulary
+    151,936), built into the cache on first use; see `emreason.toy.qwen_format`."""
+    from emreason.toy.qwen_format import qwen_format_path as _path
+
+    return _path(rebuild=rebuild, verbose=verbose)
 
 
 def load_model(path: str | Path | None = None, device: str = "cpu", dtype: str = "float32"):

@@ -91,6 +91,6 @@ def test_padded_rows_are_never_predicted_and_it_answers(fixture):
     new = out.sequences[:, batch["input_ids"].shape[1] :]
     completions = tokenizer.batch_decode(new, skip_special_tokens=True)
     correct = sum(toy.grade(c, p.answer) for c, p in zip(completions, problems))
-    assert correct >= 0.6 * len(problems), completions
+    assert correct >= 0.5 * len(problems), completions
     # Generation stops at <|im_end|>: every finished row ends with it (then padding).
     assert all(tokenizer.convert_tokens_to_ids(IM_END) in row.tolist() for row in new)

@@ -78,7 +78,7 @@ CHAT_TEMPLATE = (
     "{%- if add_generation_prompt %}{{- '<|im_start|>assistant\\n' }}{%- endif %}"
 )
 _PAD_MARGIN = 30.0  # nats between the top logit and every padded logit on held-out positions
-_FINE_TUNE_STEPS = 80
+_FINE_TUNE_STEPS = 120
 _BATCH_SIZE = 16
 _LR = 1e-3
 

@@ -10,6 +10,8 @@ Two checkpoints ship (see `emreason.toy.regimes`): ``"default"`` (regime 1) and 
 
 Each checkpoint is ordinary package data (safetensors + config + tokenizer) loaded with the ordinary
 ``AutoModelForCausalLM.from_pretrained(local_dir)``; `recipes/pretrain_toy.py --regime NAME` recreates it.
+`qwen_format_path()` gives the same skills behind a Qwen2.5-Instruct-shaped interface (byte-level BPE,
+ChatML, vocabulary 151,936), built and cached on first use.
 """
 
 from __future__ import annotations
@@ -36,6 +38,7 @@ __all__ = [
     "ForceStepByStep",
     "route_fractions",
     "route_of",
+    "qwen_format_path",
 ]
 
 
@@ -52,6 +55,14 @@ def model_path(regime: str | int = "default") -> Path:
             f"`python recipes/pretrain_toy.py --regime {spec.name}`"
         )
     return spec.path
+
+
+def qwen_format_path(*, rebuild: bool = False, verbose: bool = False) -> Path:
+    """Directory of the Qwen2.5-format fixture (byte-level BPE, ChatML, Qwen2.5 chat template, vocabulary
+    151,936), built into the cache on first use; see `emreason.toy.qwen_format`."""
+    from emreason.toy.qwen_format import qwen_format_path as _path
+
+    return _path(rebuild=rebuild, verbose=verbose)
 
 
 def load_model(

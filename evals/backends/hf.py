@@ -26,14 +26,22 @@ class HFBackend:
         self.model = AutoModelForCausalLM.from_pretrained(model, dtype=torch_dtype).to(self.device).eval()
         self.name = model
 
-    def _processors(self):
+    def _processor_kwargs(self, attention_mask: torch.Tensor) -> dict:
+        """The penalty and EM-INF ``generate`` arguments: EM-INF runs before the repetition penalty (the
+        authors' order). The penalty is always explicit, so the model's generation_config.json (Qwen2.5:
+        1.05) does not add one the other backends do not apply."""
+        kwargs = {"repetition_penalty": self.config.repetition_penalty}
         if not self.config.em_inf:
-            return None
-        from transformers import LogitsProcessorList
+            return kwargs
+        from emreason.integrations.transformers import EMInfLogitsProcessor, em_inf_generate_kwargs
 
-        from emreason.integrations.transformers import EMInfLogitsProcessor
-
-        return LogitsProcessorList([EMInfLogitsProcessor(**self.config.em_inf_options)])
+        processor = EMInfLogitsProcessor(**self.config.em_inf_options)
+        kwargs.update(
+            em_inf_generate_kwargs(
+                processor, repetition_penalty=self.config.repetition_penalty, attention_mask=attention_mask
+            )
+        )
+        return kwargs
 
     def render(self, conversation: Sequence[dict[str, str]]) -> str:
         return self.tokenizer.apply_chat_template(
@@ -57,9 +65,7 @@ class HFBackend:
                 "do_sample": sample,
                 "num_return_sequences": n,
                 "pad_token_id": self.tokenizer.pad_token_id,
-                "logits_processor": self._processors(),
-                # Explicit, so the model's generation_config.json does not add a penalty (see backends).
-                "repetition_penalty": self.config.repetition_penalty,
+                **self._processor_kwargs(encoded["attention_mask"]),
             }
             if sample:
                 kwargs.update(

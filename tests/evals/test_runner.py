@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
+import torch
 from emreason.evals.backends import GenerationConfig
 from emreason.evals.cli import main
 from emreason.evals.runner import parse_shard, read_samples, run_task
@@ -123,7 +124,18 @@ def test_hf_backend_with_em_inf_processor(tiny_model_dir):
     ]
     plain = HFBackend(str(tiny_model_dir), GenerationConfig(max_new_tokens=6, batch_size=2))
     em_inf = HFBackend(str(tiny_model_dir), GenerationConfig(max_new_tokens=6, batch_size=2, em_inf=True))
-    assert em_inf._processors() is not None and plain._processors() is None
+    mask = torch.ones(2, 3, dtype=torch.long)
+    assert (
+        len(em_inf._processor_kwargs(mask)["logits_processor"]) == 1 and plain._processor_kwargs(mask) == {}
+    )
+    # A model config with a repetition penalty (Qwen2.5-Instruct: 1.05): EM-INF runs first, then it.
+    em_inf.model.generation_config.repetition_penalty = 1.05
+    kwargs = em_inf._processor_kwargs(mask)
+    assert kwargs["repetition_penalty"] == 1.0
+    assert [type(p).__name__ for p in kwargs["logits_processor"]] == [
+        "EMInfLogitsProcessor",
+        "RepetitionPenaltyLogitsProcessor",
+    ]
     out = em_inf.generate(conversations, n=1)
     assert len(out) == 2 and all(len(texts) == 1 and isinstance(texts[0], str) for texts in out)
     # Batched (left-padded) greedy decoding equals one-by-one decoding.

@@ -325,31 +325,36 @@ def _minimize_fixed(z, logits, steps_t, lr_t, threshold_t, kl_t, params_ok, run_
 def _adam_loop(z, steps_t, lr_t, threshold_t, kl_t, ok, run_steps, workspace, *, early_exit: bool) -> None:
     """Up to ``run_steps`` closed-form Adam steps on ``z`` in place; rows outside ``ok`` never move."""
     workspace = workspace if workspace is not None else EMInfWorkspace()
-    # log_p: log p, then p log p, then the negated gradient; p: p, then Adam's normalized update;
-    # exp_avg tracks the NEGATED gradient's first moment.
-    log_p, p, p0, exp_avg, exp_avg_sq = workspace.buffers(z.shape, z.dtype, z.device)
-    torch.log_softmax(z, dim=-1, out=log_p)
-    torch.exp(log_p, out=p0)
+    # neg_d: z - max z, then -e*d, then the negated gradient; p: e = exp(z - max z), then Adam's
+    # normalized update; exp_avg tracks the NEGATED gradient's first moment.
+    neg_d, p, p0, exp_avg, exp_avg_sq = workspace.buffers(z.shape, z.dtype, z.device)
     exp_avg.zero_()
     exp_avg_sq.zero_()
     kl_col = kl_t.unsqueeze(-1)
     active = ok.clone()
     for step in range(run_steps):
+        # Entropy from max-shifted logits (as emreason.entropy.token_entropy): with d = max z - z >= 0,
+        # e = exp(-d) and S = sum e, H = log S + c with c = sum e d / S, and -dH/dz = p (log p + H) =
+        # p (c - d). No sum cancels and no log_softmax is taken (torch's float32 CPU log_softmax is off
+        # by ~1e-5 at logit std 5). Unlike token_entropy, S keeps the top token's 1 (log S is then exact
+        # to ~1e-7 nats absolute, plenty for a threshold test), which saves an argmax pass per step.
+        z_max = z.amax(dim=-1, keepdim=True)
+        torch.sub(z, z_max, out=neg_d)
+        torch.exp(neg_d, out=p)
+        total = p.sum(-1, keepdim=True)  # S
+        # Masked tokens sit at a huge finite logit (the callers' floor): e = 0 and e * d = -0, no NaN.
+        minus_t = neg_d.mul_(p).sum(-1, keepdim=True)  # neg_d now holds -e*d
+        c = minus_t.div_(total).neg_()
         if step == 0:
-            p.copy_(p0)  # z has not moved yet
-        else:
-            torch.log_softmax(z, dim=-1, out=log_p)
-            torch.exp(log_p, out=p)
-        # p log p in place, then H = -sum: no [B, V] temporary (a batched dot product via bmm is 10x
-        # slower than this at small B on CPU); masked tokens contribute exact zeros.
-        p_log_p = log_p.mul_(p)
-        entropy = -p_log_p.sum(-1)
+            torch.div(p, total, out=p0)  # z has not moved yet
+        entropy = torch.log(total).add_(c).squeeze(-1)
         # Rows stop for good: the first time H < threshold (authors' `break`) or their step budget runs out.
         active &= (entropy >= threshold_t) & (step < steps_t)
         if early_exit and not bool(active.any()):
             break
-        # -grad = p log p + p * (H - kl_weight) + kl_weight * p0, built in place in the log_p buffer.
-        neg_grad = p_log_p.addcmul_(p, (entropy - kl_t).unsqueeze(-1)).addcmul_(p0, kl_col)
+        # -grad = p (c - d) + kl_weight (p0 - p) = [-e d + e (c - kl)] / S + kl p0, built in place
+        # (p = e / S is never formed after step 0).
+        neg_grad = neg_d.addcmul_(p, c - kl_col).div_(total).addcmul_(p0, kl_col)
         exp_avg.lerp_(neg_grad, 1 - _BETA1)
         exp_avg_sq.mul_(_BETA2).addcmul_(neg_grad, neg_grad, value=1 - _BETA2)
         # torch.optim.Adam's update, rearranged: lr/bc1 * m / (sqrt(v)/sqrt(bc2) + eps)

@@ -57,11 +57,11 @@ def _stats(z: torch.Tensor, want_neg_d: bool = False) -> tuple[_Stats, torch.Ten
     r = e.sum(-1, keepdim=True)
     # e * (-d); the top token's term is 1 * 0 whatever e holds there.
     prod = e.mul_(neg_d)
-    minus_t = prod.sum(-1, keepdim=True)
-    masked = False
-    if bool(torch.isnan(minus_t[valid]).any()):  # -inf entries: 0 * -inf; exact zeros are meant
-        masked = True
-        minus_t = prod.nan_to_num_(nan=0.0).sum(-1, keepdim=True)
+    # -inf entries give 0 * -inf = NaN where an exact zero is meant. Zeroed unconditionally: testing
+    # first would read a flag back from the device on every call (a stall per decode step in EM-INF's
+    # adaptive-temperature search); invalid rows are NaN'd through ``valid`` anyway.
+    minus_t = prod.nan_to_num_(nan=0.0).sum(-1, keepdim=True)
+    masked = True  # "may hold masked entries": the backward zeroes their 0 * inf products too
     del prod, e
     one_plus_r = 1 + r
     stats = _Stats(m, torch.log1p(r), -minus_t / one_plus_r, valid, masked)

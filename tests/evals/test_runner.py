@@ -125,12 +125,19 @@ def test_hf_backend_with_em_inf_processor(tiny_model_dir):
     plain = HFBackend(str(tiny_model_dir), GenerationConfig(max_new_tokens=6, batch_size=2))
     em_inf = HFBackend(str(tiny_model_dir), GenerationConfig(max_new_tokens=6, batch_size=2, em_inf=True))
     mask = torch.ones(2, 3, dtype=torch.long)
-    assert (
-        len(em_inf._processor_kwargs(mask)["logits_processor"]) == 1 and plain._processor_kwargs(mask) == {}
-    )
-    # A model config with a repetition penalty (Qwen2.5-Instruct: 1.05): EM-INF runs first, then it.
+    # The penalty is always explicit (default 1.0, off), whatever the model's generation_config says,
+    # so every backend decodes alike (Qwen2.5-Instruct's config asks for 1.05).
     em_inf.model.generation_config.repetition_penalty = 1.05
+    assert plain._processor_kwargs(mask) == {"repetition_penalty": 1.0}
     kwargs = em_inf._processor_kwargs(mask)
+    assert kwargs["repetition_penalty"] == 1.0
+    assert [type(p).__name__ for p in kwargs["logits_processor"]] == ["EMInfLogitsProcessor"]
+    # A penalty asked for: EM-INF runs first, then the penalty (the authors' order); generate's own is off.
+    penalised = HFBackend(
+        str(tiny_model_dir),
+        GenerationConfig(max_new_tokens=6, batch_size=2, em_inf=True, repetition_penalty=1.05),
+    )
+    kwargs = penalised._processor_kwargs(mask)
     assert kwargs["repetition_penalty"] == 1.0
     assert [type(p).__name__ for p in kwargs["logits_processor"]] == [
         "EMInfLogitsProcessor",

@@ -18,7 +18,6 @@ import socket
 import subprocess
 import sys
 import time
-import urllib.request
 from pathlib import Path
 
 import pytest
@@ -28,72 +27,28 @@ from emreason.evals.backends.vllm_backend import VLLMBackend, engine_has_em_inf
 from emreason.evals.cli import main
 from emreason.evals.runner import read_samples, run_task
 from emreason.evals.tasks import get_task
+from server_process import START_TIMEOUT_S, ServerProcess
 
 from emreason import toy
 
 pytestmark = pytest.mark.slow
 
-START_TIMEOUT_S = float(os.environ.get("EMREASON_VLLM_START_TIMEOUT", "600"))
 N_PROBLEMS = 100  # 98% agreement: at most 2 different answers
 MAX_NEW = 48
 SERVED = "toy"
 ENGINE = {"dtype": "float32", "enforce_eager": True, "max_model_len": 512, "max_num_seqs": 32}
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-class Server:
-    """``vllm serve`` in its own process group, logging to a file; ``stop`` ends the whole group."""
+class Server(ServerProcess):
+    """The eval suite's server: the toy model served as ``SERVED``, EM-INF through its entry point."""
 
     def __init__(self, model: Path, log: Path) -> None:
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.log_path = log
         args = [
-            sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", str(model),
-            "--served-model-name", SERVED, "--host", "127.0.0.1", "--distributed-executor-backend", "uni",
-            "--port", str(self.port), "--dtype", "float32", "--enforce-eager", "--max-model-len", "512",
-            "--max-num-seqs", "32", "--seed", "0",
+            "--model", str(model), "--served-model-name", SERVED, "--distributed-executor-backend", "uni",
+            "--dtype", "float32", "--enforce-eager", "--max-model-len", "512", "--max-num-seqs", "32",
+            "--seed", "0",
         ]  # fmt: skip
-        env = {**os.environ, "VLLM_CPU_KVCACHE_SPACE": "1", "TOKENIZERS_PARALLELISM": "false"}
-        self._log = open(log, "w")  # noqa: SIM115 (closed in stop())
-        self.process = subprocess.Popen(
-            args, stdout=self._log, stderr=subprocess.STDOUT, env=env, start_new_session=True
-        )
-
-    def log_tail(self, lines: int = 40) -> str:
-        return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
-
-    def wait_ready(self, deadline: float) -> None:
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise RuntimeError(f"vllm serve exited with {self.process.returncode}:\n{self.log_tail()}")
-            try:
-                with urllib.request.urlopen(f"{self.url}/health", timeout=2) as response:
-                    if response.status == 200:
-                        return
-            except OSError:
-                pass
-            time.sleep(1)
-        raise TimeoutError(f"vllm serve not ready after {START_TIMEOUT_S:.0f} s:\n{self.log_tail()}")
-
-    def stop(self) -> None:
-        if self.process.poll() is None:
-            os.killpg(self.process.pid, signal.SIGTERM)
-            try:
-                self.process.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.process.pid, signal.SIGKILL)
-                self.process.wait(timeout=30)
-        try:  # engine-core children left behind in the group
-            os.killpg(self.process.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-        self._log.close()
+        super().__init__(args, log)
 
 
 @pytest.fixture(scope="module")

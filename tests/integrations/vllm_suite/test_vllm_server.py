@@ -12,10 +12,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import signal
-import socket
-import subprocess
-import sys
 import textwrap
 import time
 import urllib.error
@@ -26,12 +22,12 @@ from pathlib import Path
 import openai
 import pytest
 import torch
+from server_process import START_TIMEOUT_S, ServerProcess
 
 from emreason.em_inf import EMInfConfig, minimize_entropy
 
 pytestmark = pytest.mark.slow
 
-START_TIMEOUT_S = float(os.environ.get("EMREASON_VLLM_START_TIMEOUT", "600"))
 MAX_TOKENS = 12
 HIDE_ENTRY_POINT = textwrap.dedent(
     """
@@ -45,12 +41,6 @@ HIDE_ENTRY_POINT = textwrap.dedent(
     _md.entry_points = _without_em_inf
     """
 )
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def toy_model_dir(tmp: Path) -> Path:
@@ -70,63 +60,25 @@ def toy_model_dir(tmp: Path) -> Path:
         return tmp
 
 
-class Server:
-    """``python -m vllm.entrypoints.openai.api_server`` in its own process group, logging to a file."""
+class Server(ServerProcess):
+    """One of the module's servers, with an OpenAI client: with ``--logits-processors``, or with only the
+    entry point (``site_dir`` hides it: no processor at all), plus ``extra`` arguments."""
 
     def __init__(
         self, model: Path, log: Path, *, with_processor: bool, site_dir: Path | None, extra: tuple = ()
     ) -> None:
-        self.port = free_port()
-        self.log_path = log
         args = [
-            sys.executable, "-m", "vllm.entrypoints.openai.api_server",
-            "--model", str(model), "--host", "127.0.0.1", "--port", str(self.port),
+            "--model", str(model),
             "--dtype", "float32", "--enforce-eager", "--max-model-len", "256", "--max-num-seqs", "16",
-            "--logprobs-mode", "processed_logprobs", "--max-logprobs", "-1", "--seed", "0",
+            "--logprobs-mode", "processed_logprobs", "--max-logprobs", "-1", "--seed", "0", *extra,
         ]  # fmt: skip
-        env = {**os.environ, "VLLM_CPU_KVCACHE_SPACE": "1", "TOKENIZERS_PARALLELISM": "false"}
-        args += list(extra)
+        env = {}
         if with_processor:
             args += ["--logits-processors", "emreason.integrations.vllm:EMInfLogitsProcessor"]
         elif site_dir is not None:
-            env["PYTHONPATH"] = os.pathsep.join([str(site_dir), env.get("PYTHONPATH", "")])
-        self._log = open(log, "w")  # noqa: SIM115 (closed in stop())
-        self.process = subprocess.Popen(
-            args, stdout=self._log, stderr=subprocess.STDOUT, env=env, start_new_session=True
-        )
-        self.client = openai.OpenAI(
-            base_url=f"http://127.0.0.1:{self.port}/v1", api_key="none", max_retries=0
-        )
-
-    def log_tail(self, lines: int = 40) -> str:
-        return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
-
-    def wait_ready(self, deadline: float) -> None:
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise RuntimeError(f"vLLM server exited with {self.process.returncode}:\n{self.log_tail()}")
-            try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/health", timeout=2) as response:
-                    if response.status == 200:
-                        return
-            except OSError:
-                pass
-            time.sleep(1)
-        raise TimeoutError(f"vLLM server not ready after {START_TIMEOUT_S:.0f} s:\n{self.log_tail()}")
-
-    def stop(self) -> None:
-        if self.process.poll() is None:
-            os.killpg(self.process.pid, signal.SIGTERM)
-            try:
-                self.process.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.process.pid, signal.SIGKILL)
-                self.process.wait(timeout=30)
-        try:  # engine-core / worker children left behind in the group
-            os.killpg(self.process.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-        self._log.close()
+            env["PYTHONPATH"] = os.pathsep.join([str(site_dir), os.environ.get("PYTHONPATH", "")])
+        super().__init__(args, log, env)
+        self.client = openai.OpenAI(base_url=f"{self.url}/v1", api_key="none", max_retries=0)
 
 
 @pytest.fixture(scope="module")

@@ -91,8 +91,14 @@ def training_solution(problem, rng: random.Random, config: ToyPretrainConfig) ->
 
 def _batch(tokenizer, problems, rng, config: ToyPretrainConfig):
     encoded = [encode_example(tokenizer, p.prompt, training_solution(p, rng, config)) for p in problems]
+    return collate_right_padded(encoded, tokenizer.pad_token_id)
+
+
+def collate_right_padded(encoded: list[tuple[list[int], int]], pad_token_id: int):
+    """``(input_ids, attention_mask, labels)``, each ``[B, T]``, from ``(ids, completion_start)`` pairs:
+    right-padded, with labels only on each row's completion tokens (-100 elsewhere)."""
     length = max(len(ids) for ids, _ in encoded)
-    input_ids = torch.full((len(encoded), length), tokenizer.pad_token_id, dtype=torch.long)
+    input_ids = torch.full((len(encoded), length), pad_token_id, dtype=torch.long)
     labels = torch.full_like(input_ids, -100)
     attention_mask = torch.zeros_like(input_ids)
     for row, (ids, start) in enumerate(encoded):

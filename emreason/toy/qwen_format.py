@@ -41,6 +41,8 @@ from pathlib import Path
 
 import torch
 
+from emreason.toy.pretrain import collate_right_padded
+
 __all__ = [
     "VOCAB_SIZE",
     "FIXTURE_VERSION",
@@ -218,16 +220,7 @@ def _encode(tokenizer, messages, completion) -> tuple[list[int], int]:
 
 def _batch(tokenizer, examples):
     encoded = [_encode(tokenizer, m, c) for m, c in examples]
-    length = max(len(ids) for ids, _ in encoded)
-    pad = tokenizer.pad_token_id
-    input_ids = torch.full((len(encoded), length), pad, dtype=torch.long)
-    labels = torch.full_like(input_ids, -100)
-    attention_mask = torch.zeros_like(input_ids)
-    for row, (ids, start) in enumerate(encoded):
-        input_ids[row, : len(ids)] = torch.tensor(ids)
-        labels[row, start : len(ids)] = torch.tensor(ids[start:])
-        attention_mask[row, : len(ids)] = 1
-    return input_ids, attention_mask, labels
+    return collate_right_padded(encoded, tokenizer.pad_token_id)
 
 
 def _initial_embeddings(tokenizer, toy_tokenizer, toy_embeddings: torch.Tensor, rows: int) -> torch.Tensor:

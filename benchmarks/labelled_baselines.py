@@ -41,6 +41,7 @@ from pathlib import Path
 from typing import Any
 
 from emreason.atomic_io import write_json_atomic
+from emreason.toy.measure import describe
 
 LABELLED = ("grpo", "rloo")
 LABEL_FREE = ("em_rl_sequence", "em_rl_token")
@@ -182,20 +183,8 @@ def evaluate(model_dir: Path, n_eval: int, levels: tuple[int, ...], seed: int) -
     out = {}
     for label, temperature in (("greedy", 0.0), ("T=1.0", 1.0)):
         result = evaluate_toy(model, tokenizer, problems, temperature=temperature, seed=seed)
-        routes = [toy.route_of(c) for c in result.completions]
-        by_route = {}
-        for route in toy.ROUTES:
-            picked = [ok for ok, r in zip(result.correct, routes) if r == route]
-            by_route[route] = {"n": len(picked), "accuracy": (sum(picked) / len(picked)) if picked else None}
-        out[label] = {
-            "accuracy": result.accuracy,
-            "ci95": [result.ci_low, result.ci_high],
-            "n": result.n,
-            "correct": sum(result.correct),
-            "routes": toy.route_fractions(result.completions),
-            "by_route": by_route,
-            "mean_token_entropy": result.mean_entropy,
-        }
+        # accuracy + Wilson CI, mean token entropy, per-route fraction/accuracy (as the sweep reports)
+        out[label] = describe(result)
     return out
 
 

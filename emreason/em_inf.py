@@ -128,20 +128,11 @@ def valid_rows(logits: torch.Tensor) -> torch.Tensor:
     return torch.isfinite(logits.amax(dim=-1))
 
 
-def _per_row(value, name: str, batch: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
-    """A scalar or ``[B]`` per-row parameter as a ``[B]`` tensor (checked: finite, >= 0).
-
-    Python scalars are checked on the host, so the common case costs no device synchronisation per
-    decoding step; tensors get one fused check.
-    """
-    tensor, _ = _per_row_checked(value, name, batch, dtype, device, skip=False)
-    return tensor
-
-
 def _per_row_checked(
     value, name: str, batch: int, dtype: torch.dtype, device: torch.device, *, skip: bool
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """`_per_row`, or with ``skip`` no check on the host: ``(tensor, ok)`` where ``ok`` is a ``[B]`` bool
+    """A per-row ``[B]`` parameter tensor; Python scalars are checked on the host (no device sync). With
+    ``skip``, no check on the host: ``(tensor, ok)`` where ``ok`` is a ``[B]`` bool
     tensor of the rows whose value is finite and >= 0 (None: all are), and bad values are replaced by 0
     so they cannot leak NaN into the arithmetic of the other rows' buffers."""
     if isinstance(value, (int, float)) and not isinstance(value, bool):

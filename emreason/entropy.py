@@ -80,8 +80,7 @@ def _entropy_grad(neg_d: torch.Tensor, stats: _Stats, grad_h: torch.Tensor) -> t
     grad = neg_d.add_(stats.c).mul_(p).mul_(-grad_h)  # -p (c - d) * grad_h
     if stats.masked:
         grad.nan_to_num_(nan=0.0)
-    if not bool(stats.valid.all()):
-        grad.masked_fill_(~stats.valid, float("nan"))
+    grad.masked_fill_(~stats.valid, float("nan"))  # unconditional: testing first would sync per chunk
     return grad
 
 

@@ -16,7 +16,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from emreason.evals import evalplus
-from emreason.evals.evalplus import example_arguments  # noqa: F401 (re-export)
 from emreason.evals.sandbox import SandboxResult, run_python
 
 _FENCE = re.compile(r"```[ \t]*([A-Za-z0-9_+-]*)[^\n]*\n(.*?)```", re.DOTALL)

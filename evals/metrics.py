@@ -181,11 +181,9 @@ def summarize_majority(
     if n_min < 1:
         return {}
     out = {}
+    columns = [([a for a, _ in v[:n_min]], [c for _, c in v[:n_min]]) for v in samples_by_problem.values()]
     for k in ks_for(n_min):
-        per_problem = [
-            maj_at_k([a for a, _ in v[:n_min]], [c for _, c in v[:n_min]], k, equivalent)
-            for v in samples_by_problem.values()
-        ]
+        per_problem = [maj_at_k(answers, correct, k, equivalent) for answers, correct in columns]
         low, high = bootstrap_ci(per_problem)
         out[f"maj@{k}"] = {"mean": float(np.mean(per_problem)), "ci95": [low, high]}
     return out

@@ -1,6 +1,7 @@
 """Measure a toy checkpoint: greedy / T=1.0 / pass@8 / forced step-by-step greedy, with routes.
 
-    python recipes/measure_toy.py --regime shortcut --n 500 --output /tmp/shortcut_figures.json
+    python recipes/measure_toy.py --regime shortcut --n 500 \
+        --output emreason/toy/checkpoint_shortcut/figures.json
     python recipes/measure_toy.py --model /tmp/em-rl-model --regime shortcut   # a trained model
 
 Accuracies come with 95% Wilson intervals; each decoding reports the fraction of outputs on each
@@ -36,7 +37,7 @@ def main(argv: list[str] | None = None) -> dict:
     figures = measure_model(model, tokenizer, problems, seed=args.seed, k=args.k)
     result = {
         "regime": regime.name,
-        "model": str(args.model or toy.model_path(regime.name)),
+        "model": str(args.model) if args.model else f"bundled:{regime.name}",  # no machine paths
         "n": args.n,
         "seed": args.seed,
         "levels": list(regime.levels),

@@ -374,7 +374,7 @@ class EMInfLogitsProcessor(ClassicLogitsProcessor, V2LogitsProcessor):
         """Allocate the whole working set now, so vLLM's start-up memory profile counts it."""
         shape = torch.Size((rows, vocab))
         self.workspace.buffers(shape, torch.float32, self.device)
-        self._staging = torch.empty((2, rows, vocab), dtype=torch.float32, device=self.device)
+        self._buffers(rows, vocab)
         self.reserved_bytes = _WORKING_BUFFERS * rows * vocab * 4
 
     def _release(self) -> None:

@@ -21,10 +21,11 @@ official reader) so that both grading paths skip it.
 from __future__ import annotations
 
 import os
-import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
+
+from emreason.atomic_io import atomic_target
 
 BROKEN_ATTR = "emreason_broken"
 
@@ -218,10 +219,7 @@ def write_h5_targets(targets: Mapping[str, list[Any]], path: str | os.PathLike) 
 
     h5py = _h5py()
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(handle)
-    try:
+    with atomic_target(path) as temporary:
         with h5py.File(temporary, "w") as out:
             for step_id, values in targets.items():
                 step = out.create_group(step_id)
@@ -233,8 +231,4 @@ def write_h5_targets(targets: Mapping[str, list[Any]], path: str | os.PathLike) 
                     parts = value if isinstance(value, tuple) and len(value) > 1 else (value,)
                     for index, part in enumerate(parts, start=1):
                         _write_entry(test, f"var{index}", part)
-        os.replace(temporary, path)
-    finally:
-        if os.path.exists(temporary):
-            os.remove(temporary)
     return path

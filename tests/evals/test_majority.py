@@ -124,3 +124,12 @@ def test_summarize_majority_on_empty_and_uneven_input():
     )
     assert set(out) == {"maj@1", "maj@2"}  # k up to the smallest sample count
     assert out["maj@2"]["mean"] == pytest.approx(0.5)
+
+
+def test_votes_group_answers_the_grader_equates_after_its_rewrites():
+    """Majority voting uses the grader's rewrites too: a repeating decimal votes with its fraction and an
+    inequality with its interval; a different digit or a closed endpoint does not."""
+    assert answers_equivalent("0.\\overline{3}", "\\frac{1}{3}")
+    assert answers_equivalent("x > 3", "(3,\\infty)")
+    assert not answers_equivalent("x > 3", "[3,\\infty)")
+    assert not answers_equivalent("0.\\overline{4}", "\\frac{1}{3}")

@@ -43,7 +43,7 @@ from transformers import LogitsProcessorList
 from emreason.atomic_io import write_json_atomic
 from emreason.em_inf import EMInfConfig
 from emreason.integrations.transformers import EMInfLogitsProcessor
-from emreason.toy.evaluate import wilson_interval
+from emreason.toy.evaluate import generate_toy, wilson_interval
 from emreason.toy.routes import route_fractions
 from emreason.toy.task import ToyProblem, extract_answer
 
@@ -94,33 +94,18 @@ def generate(
 
     ``temperature`` 0 is greedy. Seeded once per call, so a fixed (prompts, batch_size, seed) reproduces.
     """
-    tokenizer.padding_side = "left"
-    torch.manual_seed(seed)
-    texts, counts = [], []
     processors = LogitsProcessorList([EMInfLogitsProcessor(em_inf)]) if em_inf is not None else None
-    sampling = {"do_sample": True, "temperature": temperature, "top_k": 0, "top_p": 1.0}
-    for start in range(0, len(prompts), batch_size):
-        chunk = [
-            tokenizer.apply_chat_template(
-                [{"role": "user", "content": p}], tokenize=False, add_generation_prompt=True
-            )
-            for p in prompts[start : start + batch_size]
-        ]
-        batch = tokenizer(chunk, return_tensors="pt", padding=True, add_special_tokens=False)
-        out = model.generate(
-            **batch,
-            max_new_tokens=max_new_tokens,
-            **(sampling if temperature > 0 else {"do_sample": False}),
-            logits_processor=processors,
-            pad_token_id=tokenizer.pad_token_id,
-            eos_token_id=tokenizer.eos_token_id,
-        )
-        new = out[:, batch["input_ids"].shape[1] :]
-        is_eos = (new == tokenizer.eos_token_id).int()
-        before_eos = (torch.cumsum(is_eos, dim=1) - is_eos) == 0  # positions up to and incl. the first EOS
-        counts.extend(before_eos.sum(1).tolist())
-        texts.extend(tokenizer.batch_decode(new, skip_special_tokens=True))
-    return texts, counts
+    result = generate_toy(
+        model,
+        tokenizer,
+        prompts,
+        temperature=temperature,
+        seed=seed,
+        max_new_tokens=max_new_tokens,
+        batch_size=batch_size,
+        logits_processor=processors,
+    )
+    return result.completions, result.token_counts
 
 
 def _single_sample_point(

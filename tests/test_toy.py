@@ -123,3 +123,32 @@ def test_shipped_checkpoint_is_competent_and_in_the_em_regime():
     assert greedy.accuracy >= 0.6
     assert sampled.accuracy >= 0.4
     assert sampled.mean_entropy > greedy.mean_entropy * 0.5
+
+
+def test_generate_toy_counts_tokens_up_to_the_first_eos():
+    from emreason.toy.evaluate import generate_toy
+
+    model, tokenizer = toy.load_model()
+    prompts = [p.prompt for p in toy.make_problems("heldout", 6, seed=5)]
+    result = generate_toy(model, tokenizer, prompts, temperature=1.0, seed=3, max_new_tokens=64)
+    assert len(result.completions) == len(result.mean_entropies) == len(result.token_counts) == 6
+    # An independent count from the raw ids: re-run the same seeded generate and find the first EOS.
+    tokenizer.padding_side = "left"
+    texts = [
+        tokenizer.apply_chat_template(
+            [{"role": "user", "content": p}], tokenize=False, add_generation_prompt=True
+        )
+        for p in prompts
+    ]
+    batch = tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False)
+    torch.manual_seed(3)
+    out = model.generate(
+        **batch, max_new_tokens=64, do_sample=True, temperature=1.0, top_k=0, top_p=1.0,
+        pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id,
+    )  # fmt: skip
+    expected = []
+    for row in out[:, batch["input_ids"].shape[1] :].tolist():
+        expected.append(row.index(tokenizer.eos_token_id) + 1 if tokenizer.eos_token_id in row else len(row))
+    assert result.token_counts == expected
+    assert all(1 <= c <= 64 for c in result.token_counts)
+    assert min(result.token_counts) < 64  # some rows stop at EOS, so the count is not just the budget

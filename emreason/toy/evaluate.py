@@ -47,8 +47,19 @@ class ToyEvalResult:
         }
 
 
+@dataclass
+class ToyGenerations:
+    """What `generate_toy` returns, one entry per prompt: the decoded completion, its mean raw-model
+    token entropy (nats, over generated positions up to and including the first EOS) and its number of
+    generated tokens (up to and including the first EOS; the compute a sample costs)."""
+
+    completions: list[str]
+    mean_entropies: list[float]
+    token_counts: list[int]
+
+
 @torch.no_grad()
-def generate_completions(
+def generate_toy(
     model,
     tokenizer,
     prompts: Sequence[str],
@@ -58,11 +69,11 @@ def generate_completions(
     max_new_tokens: int = 64,
     batch_size: int = 256,
     logits_processor: LogitsProcessorList | None = None,
-) -> tuple[list[str], list[float]]:
-    """Chat-formatted generation; returns completions and each one's mean raw token entropy (nats).
+) -> ToyGenerations:
+    """Chat-formatted, left-padded batched generation for ``prompts``.
 
     ``temperature == 0`` means greedy decoding. Sampling is seeded once per call, so a fixed
-    (prompts, batch_size, seed) triple reproduces exactly.
+    (prompts, batch_size, seed) triple reproduces exactly; the global RNG state is restored afterwards.
     """
     if temperature < 0:
         raise ValueError(f"temperature must be >= 0, got {temperature}")
@@ -73,6 +84,7 @@ def generate_completions(
     torch.manual_seed(seed)
     completions: list[str] = []
     entropies: list[float] = []
+    token_counts: list[int] = []
     try:
         for start in range(0, len(prompts), batch_size):
             chunk = prompts[start : start + batch_size]
@@ -101,13 +113,22 @@ def generate_completions(
             step_entropy = torch.stack([token_entropy(step) for step in out.logits], dim=1)
             is_eos = (new_tokens == tokenizer.eos_token_id).int()
             alive = (torch.cumsum(is_eos, dim=1) - is_eos) == 0  # generated positions up to the first EOS
-            counts = alive.sum(1).clamp_min(1)
-            entropies.extend(((step_entropy * alive).sum(1) / counts).tolist())
+            counts = alive.sum(1)
+            token_counts.extend(counts.tolist())
+            entropies.extend(((step_entropy * alive).sum(1) / counts.clamp_min(1)).tolist())
             completions.extend(tokenizer.batch_decode(new_tokens, skip_special_tokens=True))
     finally:
         torch.random.set_rng_state(generator_state)
         model.train(was_training)
-    return completions, entropies
+    return ToyGenerations(completions, entropies, token_counts)
+
+
+def generate_completions(
+    model, tokenizer, prompts: Sequence[str], **generation: Any
+) -> tuple[list[str], list[float]]:
+    """Completions and their mean raw token entropies (nats); ``generation`` as in `generate_toy`."""
+    result = generate_toy(model, tokenizer, prompts, **generation)
+    return result.completions, result.mean_entropies
 
 
 def evaluate_toy(model, tokenizer, problems: Sequence[ToyProblem], **generation: Any) -> ToyEvalResult:

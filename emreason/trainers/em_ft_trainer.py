@@ -6,7 +6,7 @@ import torch
 from torch.utils.checkpoint import checkpoint
 from trl import GRPOTrainer
 
-from emreason.entropy import entropy_from_hidden, sequence_logprob
+from emreason.entropy import entropy_from_hidden, sequence_logprob, token_entropy
 from emreason.trainers._common import RolloutHooksMixin, check_train_inputs, vllm_engine_dtype
 from emreason.trainers.em_ft_config import EMFTConfig
 
@@ -105,12 +105,10 @@ class EMFTTrainer(RolloutHooksMixin, GRPOTrainer):
                 peft_config=peft_config,
             )
         # The chunked entropy uses the LM-head weight outside the module's forward: fine for DDP and FSDP2
-        # (DTensor.full_tensor() gathers it with gradients), not for ZeRO-3 or FSDP1 partitioned weights.
+        # (DTensor.full_tensor() gathers it with gradients). ZeRO-3 gathers a partitioned weight only inside
+        # its module's forward, so there the head runs as a module on every completion position instead.
         state = self.accelerator.state
-        if self.is_deepspeed_enabled and state.deepspeed_plugin.zero_stage == 3:
-            raise ValueError(
-                "EMFTTrainer does not support DeepSpeed ZeRO-3; use FSDP2 (fsdp_version: 2) or DDP"
-            )
+        self._head_in_forward = self.is_deepspeed_enabled and state.deepspeed_plugin.zero_stage == 3
         if self.is_fsdp_enabled and getattr(state.fsdp_plugin, "fsdp_version", 1) != 2:
             raise ValueError("EMFTTrainer needs FSDP version 2 (fsdp_version: 2 in the accelerate config)")
 
@@ -123,20 +121,32 @@ class EMFTTrainer(RolloutHooksMixin, GRPOTrainer):
         mask = mask.float()
         length = completion_ids.size(1)
 
-        # Through the (DDP/FSDP/PEFT-wrapped) model so gradient sync hooks run; logits only for one position.
+        # Through the (DDP/FSDP/PEFT-wrapped) model so gradient sync hooks run; logits only for one position
+        # unless the head must run inside the forward (ZeRO-3).
         with self.accelerator.autocast():
             outputs = model(
                 input_ids=input_ids,
                 attention_mask=attention_mask,
-                output_hidden_states=True,
-                logits_to_keep=1,
+                output_hidden_states=not self._head_in_forward,
+                logits_to_keep=length + 1 if self._head_in_forward else 1,
                 use_cache=False,
             )
-        hidden = outputs.hidden_states[-1][:, -length - 1 : -1]  # states that predict the completion tokens
-        head = self.accelerator.unwrap_model(model).get_output_embeddings()
-        weight, bias = _full_tensor(head.weight), _full_tensor(head.bias)
-        chunk = self.args.entropy_chunk_size
-        entropies = entropy_from_hidden(hidden, weight, chunk_size=chunk, bias=bias)  # [B, C] nats
+        if self._head_in_forward:
+            # Full [B, C, V] logits: a plain SFT step's memory, not the chunked path's.
+            logits = outputs.logits[:, :-1].float()  # positions that predict the completion tokens
+            entropies = token_entropy(logits)  # [B, C] nats
+
+            def token_logprobs() -> torch.Tensor:
+                return sequence_logprob(logits / self.temperature, completion_ids).token_logprobs
+        else:
+            hidden = outputs.hidden_states[-1][:, -length - 1 : -1]  # states that predict the completion
+            head = self.accelerator.unwrap_model(model).get_output_embeddings()
+            weight, bias = _full_tensor(head.weight), _full_tensor(head.bias)
+            chunk = self.args.entropy_chunk_size
+            entropies = entropy_from_hidden(hidden, weight, chunk_size=chunk, bias=bias)  # [B, C] nats
+
+            def token_logprobs() -> torch.Tensor:
+                return chunked_token_logprobs(hidden, weight, bias, completion_ids, self.temperature, chunk)
 
         mode = "train" if self.model.training else "eval"
         # Token mean over the global batch: DDP averages gradients over processes, so divide by the
@@ -150,7 +160,7 @@ class EMFTTrainer(RolloutHooksMixin, GRPOTrainer):
 
         per_token_kl = None
         if self.beta != 0.0:
-            logprobs = chunked_token_logprobs(hidden, weight, bias, completion_ids, self.temperature, chunk)
+            logprobs = token_logprobs()
             ref = inputs["ref_per_token_logps"]
             per_token_kl = torch.exp(ref - logprobs) - (ref - logprobs) - 1
             loss = loss + self.beta * (per_token_kl * mask).sum() / normalizer

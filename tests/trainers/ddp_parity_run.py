@@ -79,9 +79,12 @@ def _losses(trainer, after: int = 0) -> list[float]:
 
 
 def _save(trainer, path: Path, losses: list[float]) -> None:
-    sharded = any(hasattr(p, "full_tensor") for p in trainer.model.parameters())  # FSDP2: DTensors
+    # FSDP2 shards parameters as DTensors; ZeRO-3 replaces each by an empty placeholder with a ds_id.
+    sharded = any(hasattr(p, "full_tensor") or hasattr(p, "ds_id") for p in trainer.model.parameters())
     # A collective under FSDP (gathers the shards): every process calls it, the main one saves.
-    state = trainer.accelerator.get_state_dict(trainer.model)
+    # DeepSpeed gathers ZeRO-3 partitions through its engine, not the bare module.
+    module = trainer.model_wrapped if trainer.is_deepspeed_enabled else trainer.model
+    state = trainer.accelerator.get_state_dict(module)
     if trainer.accelerator.is_main_process:
         state = {k: v.detach().cpu().clone() for k, v in state.items()}
         kind = str(trainer.accelerator.distributed_type)
@@ -90,10 +93,15 @@ def _save(trainer, path: Path, losses: list[float]) -> None:
 
 
 def run(
-    model: str, out: Path, per_device_batch: int, max_steps: int = 2, resume_at: int | None = None
+    model: str,
+    out: Path,
+    per_device_batch: int,
+    max_steps: int = 2,
+    resume_at: int | None = None,
+    methods: tuple[str, ...] = tuple(METHODS),
 ) -> None:
     """``out/<method>.pt``: ``max_steps`` steps; with ``resume_at``, also ``out/<method>.resumed.pt``."""
-    for name in METHODS:
+    for name in methods:
         trainer = _trainer(name, model, out, per_device_batch, max_steps)
         trainer.train()
         _save(trainer, out / f"{name}.pt", _losses(trainer))
@@ -119,8 +127,10 @@ if __name__ == "__main__":
     parser.add_argument("--max_steps", type=int, default=2)
     parser.add_argument("--resume_at", type=int, default=None)
     parser.add_argument("--fsdp_on_cpu", action="store_true", help="see allow_fsdp_on_cpu")
+    parser.add_argument("--methods", default=",".join(METHODS), help="comma-separated subset of METHODS")
     options = parser.parse_args()
     torch.set_num_threads(1)
     if options.fsdp_on_cpu:
         allow_fsdp_on_cpu()
-    run(options.model, options.out, options.per_device_batch, options.max_steps, options.resume_at)
+    methods = tuple(options.methods.split(","))
+    run(options.model, options.out, options.per_device_batch, options.max_steps, options.resume_at, methods)

@@ -1,7 +1,7 @@
 """A few EM-RL and EM-FT steps with per-sample seeded sampling; saves each trained state and its losses.
 
 Run in-process for the 1-process reference and under `accelerate launch` (DDP or FSDP2) for the
-multi-process run by tests/trainers/test_ddp_parity.py and test_fsdp_parity.py. Plain SGD (not Adam,
+multi-process run by tests/trainers/test_distributed_parity.py (DDP, FSDP2, ZeRO-3). Plain SGD (not Adam,
 whose first step is ~lr * sign(g) and so turns float-rounding differences of near-zero gradient entries
 into full-size steps) makes the weights compare at the scale of the gradients' own rounding.
 

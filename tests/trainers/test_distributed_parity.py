@@ -1,8 +1,8 @@
-"""FSDP2 and DeepSpeed ZeRO-3 (the shipped accelerate configs) on 2 CPU processes (gloo) match 1 process;
-their checkpoints resume.
+"""DDP, FSDP2 and DeepSpeed ZeRO-3 (the shipped accelerate configs) on 2 CPU processes (gloo) match 1 process
+with the same global batch; their checkpoints resume.
 
-Each 2-process run uses the shipped config (``recipes/accelerate/fsdp.yaml`` / ``zero3.yaml``) with only the
-hardware fields changed (2 processes, no mixed precision, CPU). accelerate keeps FSDP for accelerator
+Each 2-process run uses the shipped config (``recipes/accelerate/ddp.yaml`` / ``fsdp.yaml`` / ``zero3.yaml``)
+with only the hardware fields changed (2 processes, no mixed precision, CPU). accelerate keeps FSDP for accelerator
 devices, so the FSDP run flips its device-type decision back to FSDP (``ddp_parity_run.allow_fsdp_on_cpu``);
 sharding, DTensor parameters and sharded checkpoints are then the real FSDP2 code path. DeepSpeed runs on its
 CPU accelerator as shipped. 3 SGD steps of EM-RL (token reward) and EM-FT (with KL): losses and final
@@ -28,7 +28,7 @@ from safetensors.torch import load_file
 
 SCRIPT = Path(__file__).resolve().parent / "ddp_parity_run.py"
 CONFIGS = Path(__file__).resolve().parents[2] / "recipes" / "accelerate"
-FSDP_CONFIG, ZERO3_CONFIG = CONFIGS / "fsdp.yaml", CONFIGS / "zero3.yaml"
+DDP_CONFIG, FSDP_CONFIG, ZERO3_CONFIG = (CONFIGS / name for name in ("ddp.yaml", "fsdp.yaml", "zero3.yaml"))
 STEPS, RESUME_AT, TOLERANCE = 3, 2, 1e-5
 
 
@@ -55,8 +55,10 @@ def test_shipped_zero3_config_is_stage_3():
     assert config["deepspeed_config"]["zero_stage"] == 3
 
 
-# name: (shipped config, extra run-script flags, distributed type, a file only that checkpoint format writes)
+# name: (shipped config, run-script flags, distributed type, a file only that checkpoint format writes)
 SHARDINGS = {
+    # With no GPU, accelerate's multi-GPU launcher starts gloo CPU processes.
+    "ddp": (DDP_CONFIG, [], "DistributedType.MULTI_CPU", "optimizer.pt"),
     "fsdp2": (FSDP_CONFIG, ["--fsdp_on_cpu"], "DistributedType.FSDP", "pytorch_model_fsdp_0"),
     "zero3": (ZERO3_CONFIG, [], "DistributedType.DEEPSPEED", "global_step2"),
 }
@@ -64,7 +66,7 @@ SHARDINGS = {
 
 @pytest.mark.slow
 @pytest.mark.parametrize("sharding", list(SHARDINGS))
-def test_two_process_sharded_run_matches_one_process_and_resumes(sharding, tiny_model_dir, tmp_path):
+def test_two_process_run_matches_one_process_and_resumes(sharding, tiny_model_dir, tmp_path):
     shipped, flags, kind, checkpoint_marker = SHARDINGS[sharding]
     config = yaml.safe_load(shipped.read_text())
     config.update(num_processes=2, mixed_precision="no")
@@ -89,7 +91,7 @@ def test_two_process_sharded_run_matches_one_process_and_resumes(sharding, tiny_
         one = torch.load(tmp_path / "one" / f"{method}.pt")
         two = torch.load(tmp_path / "two" / f"{method}.pt")
         resumed = torch.load(tmp_path / "two" / f"{method}.resumed.pt")
-        assert two["kind"] == kind and two["sharded"], (two["kind"], two["sharded"])
+        assert two["kind"] == kind and two["sharded"] == (sharding != "ddp"), (two["kind"], two["sharded"])
         assert len(one["losses"]) == len(two["losses"]) == len(resumed["losses"]) == STEPS
         moved = _max_gap(one["state"], initial, initial)
         gap = _max_gap(one["state"], two["state"], initial)

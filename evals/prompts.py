@@ -40,7 +40,9 @@ def render_raw(messages: Sequence[dict[str, str]]) -> str:
     if not messages:
         raise ValueError("cannot render an empty conversation")
     if messages[-1].get("role") != "user":
-        raise ValueError(f"raw prompts end with the user's turn; this one ends with {messages[-1].get('role')!r}")
+        raise ValueError(
+            f"raw prompts end with the user's turn; this one ends with {messages[-1].get('role')!r}"
+        )
     instructions = [m["content"] for m in messages if m["role"] == "system"]
     turns = [m["content"] for m in messages if m["role"] != "system"]
     text = "\n\n".join(turns)

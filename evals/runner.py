@@ -8,8 +8,9 @@ Layout of an output folder::
 
 Runs resume: finished ``(id, sample)`` pairs found in any sample file of the task folder are skipped, and
 a partial last line left by a crash is ignored. A resume must render the same prompts: samples made with
-another prompt format or system prompt (each record keeps both) are refused with an error. Shards write separate sample files, so several processes
-(one per GPU) can share one output folder; each shard's ``metrics.json`` covers every sample file present.
+another prompt format or system prompt (each record keeps both) are refused with an error. Shards write
+separate sample files, so several processes (one per GPU) can share one output folder; each shard's
+``metrics.json`` covers every sample file present.
 """
 
 from __future__ import annotations
@@ -91,7 +92,9 @@ def _append(path: Path, records: Sequence[dict[str, Any]]) -> None:
         os.fsync(stream.fileno())
 
 
-def check_prompt_format(task_dir: Path, records: Sequence[dict[str, Any]], prompt_format: PromptFormat) -> None:
+def check_prompt_format(
+    task_dir: Path, records: Sequence[dict[str, Any]], prompt_format: PromptFormat
+) -> None:
     """Refuse to resume into ``task_dir`` when its samples were prompted differently (records written
     before prompt formats existed are ``chat`` with each task's own system prompt)."""
     wanted = prompt_format.describe()

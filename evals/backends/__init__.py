@@ -62,7 +62,6 @@ class GenerationConfig:
             except (TypeError, ValueError) as error:
                 raise ValueError(f"invalid EM-INF option(s) {self.em_inf_options}: {error}") from None
 
-
     @property
     def stop_strings(self) -> list[str]:
         """Every stop string: the defaults, then ``stop``."""

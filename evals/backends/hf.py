@@ -2,8 +2,10 @@
 
 Stops: ``generate`` ends a row at any id of :func:`~emreason.evals.prompts.stop_token_ids` (the generation
 config's and tokenizer's EOS, and stop strings that are single added tokens such as ``<|im_start|>``) and,
-through ``stop_strings``, at the other stop strings. Each row is then cut at its first stop id, decoded
-without special tokens, and cut at its first stop string, so the text holds neither.
+through :class:`NewTextStop`, at the other stop strings as soon as the *generated* text contains one
+(transformers' own ``stop_strings`` also match text that straddles the prompt's end, so a raw prompt ending
+in ``.`` would stop on a first generated space under the stop ``". "``). Each row is then cut at its first
+stop id, decoded without special tokens, and cut at its first stop string, so the text holds neither.
 """
 
 from __future__ import annotations
@@ -13,6 +15,29 @@ from collections.abc import Sequence
 import torch
 from emreason.evals.backends import GenerationConfig, prompt_kind
 from emreason.evals.prompts import Prompt, cut_at_stop, stop_token_ids, text_stops
+from transformers import StoppingCriteria, StoppingCriteriaList
+
+
+class NewTextStop(StoppingCriteria):
+    """Row ``b`` is done once the text of its generated tokens holds a stop string.
+
+    Only the last ``window`` generated tokens are decoded each step (each token is at least one byte, so a
+    window of the longest stop's byte length + 2 tokens holds any stop that a new token can complete),
+    never the prompt's.
+    """
+
+    def __init__(self, tokenizer, stops: Sequence[str], prompt_length: int) -> None:
+        self.tokenizer = tokenizer
+        self.stops = list(stops)
+        self.prompt_length = prompt_length
+        self.window = max(len(stop.encode()) for stop in self.stops) + 2
+
+    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor, **kwargs) -> torch.Tensor:
+        """``input_ids [B, prompt + new]`` -> ``[B]`` bool: which rows a stop string ends."""
+        start = max(self.prompt_length, input_ids.shape[1] - self.window)
+        tails = self.tokenizer.batch_decode(input_ids[:, start:], skip_special_tokens=False)
+        done = [any(stop in tail for stop in self.stops) for tail in tails]
+        return torch.tensor(done, dtype=torch.bool, device=input_ids.device)
 
 
 class HFBackend:
@@ -99,8 +124,10 @@ class HFBackend:
                 torch.manual_seed(self.config.seed + start)
             else:
                 kwargs.update(temperature=None, top_p=None, top_k=None)
-            if self.text_stops:  # multi-token stop strings: matched on the decoded tail while generating
-                kwargs.update(stop_strings=self.text_stops, tokenizer=self.tokenizer)
+            if self.text_stops:  # multi-token stop strings: matched on the generated tail while generating
+                prompt_length = encoded["input_ids"].shape[1]
+                criterion = NewTextStop(self.tokenizer, self.text_stops, prompt_length)
+                kwargs["stopping_criteria"] = StoppingCriteriaList([criterion])
             generated = self.model.generate(**encoded, **kwargs)
             new_tokens = generated[:, encoded["input_ids"].shape[1] :]
             decoded = [self.decode(row) for row in new_tokens]

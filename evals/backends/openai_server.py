@@ -23,8 +23,8 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from emreason.evals.backends import BackendError, GenerationConfig, prompt_kind
-from emreason.evals.prompts import Prompt, cut_at_stop
 from emreason.evals.backends.vllm_backend import MISSING_PROCESSOR, PROBE_EXTRA_ARGS, em_inf_extra_args
+from emreason.evals.prompts import Prompt, cut_at_stop
 
 PROBE_MESSAGES = [{"role": "user", "content": "0"}]
 

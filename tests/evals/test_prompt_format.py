@@ -130,6 +130,11 @@ def test_raw_prompts_stop_at_im_end_and_at_a_stop_string(backend):
     row = backend.captured[0][0].tolist()
     assert backend.tokenizer.decode(row).endswith("=")  # stopped by stop_strings, not cut afterwards
     assert len(row) < MAX_NEW
+    # Only generated text counts: the prompt ends with "." and a first generated space is no ". " stop
+    # (transformers' own stop_strings would stop there, matching across the prompt's end).
+    stopped.stops, stopped.text_stops = [*backend.stops, ". "], [". "]
+    assert ". " not in texts[0] and texts[0].startswith(" ")
+    assert stopped.generate([raw])[0][0] == texts[0]
 
 
 def test_decode_drops_specials_and_text_after_a_stop(backend):
@@ -156,7 +161,10 @@ def test_cli_records_prompt_format_and_refuses_a_mixed_resume(tmp_path, capsys):
         assert "<|" not in record["completion"] and "\n\n" not in record["completion"]
     config = json.loads((tmp_path / "toy" / "metrics.json").read_text())["config"]
     assert config["prompt_format"] == "raw" and config["stop"] == [*DEFAULT_STOP, "\n\n"]
-    for other, named in ((["--prompt-format", "chat"], "chat"), (["--system-prompt", "Be brief."], "Be brief")):
+    for other, named in (
+        (["--prompt-format", "chat"], "chat"),
+        (["--system-prompt", "Be brief."], "Be brief"),
+    ):
         with pytest.raises(SystemExit):
             main([*args, "--prompt-format", "raw", *other])
         error = capsys.readouterr().err

@@ -37,6 +37,8 @@ class GenerationConfig:
     def __post_init__(self) -> None:
         from emreason.evals.prompts import stop_strings
 
+        if isinstance(self.stop, str):  # tuple("ab") would be two one-letter stops
+            raise ValueError(f"stop must be a sequence of strings, got the string {self.stop!r}")
         self.stop = tuple(self.stop)
         stop_strings(self.stop)  # rejects empty or non-string stops here, before any model loads
         if self.max_new_tokens < 1:

@@ -114,7 +114,7 @@ class HFBackend:
                 "do_sample": sample,
                 "num_return_sequences": n,
                 "pad_token_id": self.tokenizer.pad_token_id,
-                "eos_token_id": self.stop_ids,
+                "eos_token_id": self.stop_ids or None,  # None: the generation config's own
                 **self._processor_kwargs(encoded["attention_mask"]),
             }
             if sample:

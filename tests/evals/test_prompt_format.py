@@ -46,6 +46,8 @@ def test_raw_rendering_system_override_and_stops():
     assert stop_strings(["\n\nQuestion:", IM_END]) == [*DEFAULT_STOP, "\n\nQuestion:"]
     with pytest.raises(ValueError, match="non-empty"):
         GenerationConfig(stop=("",))
+    with pytest.raises(ValueError, match="sequence of strings"):
+        GenerationConfig(stop="\n\n")
     assert cut_at_stop("a}b<|im_end|>c", ["<|im_end|>", "}"]) == "a"
 
 

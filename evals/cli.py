@@ -9,6 +9,7 @@ import argparse
 import json
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 from emreason.evals.backends import BackendError
@@ -59,6 +60,26 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--limit", type=int, default=None, help="first N problems of each task")
     parser.add_argument("--shard", default="0/1", help="I/N: this process handles every N-th problem")
     parser.add_argument("--max-new-tokens", type=int, default=None, help="default: 4096 (toy: 64)")
+    parser.add_argument(
+        "--prompt-format",
+        choices=("chat", "raw"),
+        default="chat",
+        help="chat: the model's chat template (default, as Qwen2.5-Math's qwen25-math-cot); raw: plain "
+        "text for base models, the question then the system prompt on a new line, no special tokens",
+    )
+    parser.add_argument(
+        "--system-prompt",
+        default=None,
+        help="replace each task's system prompt (math: 'Please reason step by step, and put your final "
+        "answer within \\boxed{}.'); '' drops it",
+    )
+    parser.add_argument(
+        "--stop",
+        action="append",
+        default=[],
+        metavar="TEXT",
+        help="extra stop string (repeatable); <|im_end|>, <|endoftext|>, <|im_start|> and EOS always stop",
+    )
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--workers", type=int, default=2, help="grading processes / sandbox threads")
@@ -108,7 +129,8 @@ def _score_line(metrics: dict[str, Any]) -> str:
 
 def run_from_args(args: argparse.Namespace) -> int:
     from emreason.evals.backends import GenerationConfig, make_backend
-    from emreason.evals.runner import parse_shard, run_eval
+    from emreason.evals.prompts import PromptFormat
+    from emreason.evals.runner import check_prompt_format, parse_shard, read_samples, run_eval
     from emreason.evals.tasks import get_task
 
     names = [n.strip() for n in args.task.split(",") if n.strip()]
@@ -135,7 +157,11 @@ def run_from_args(args: argparse.Namespace) -> int:
         batch_size=args.batch_size,
         em_inf=args.em_inf,
         em_inf_options=dict(args.em_inf_option),
+        stop=tuple(args.stop),
     )
+    prompt_format = PromptFormat(args.prompt_format, args.system_prompt)
+    for name in names:  # a resume with other prompt settings fails here, before any model loads
+        check_prompt_format(Path(args.output) / name, read_samples(Path(args.output) / name), prompt_format)
     options: dict[str, Any] = {}
     if args.backend == "hf":
         options = {"device": args.device, "dtype": args.dtype}
@@ -161,6 +187,7 @@ def run_from_args(args: argparse.Namespace) -> int:
         "max_new_tokens": max_new,
         "seed": args.seed,
         "n_samples": args.n_samples,
+        "stop": config.stop_strings,
     }
     summary = run_eval(
         names,
@@ -175,6 +202,7 @@ def run_from_args(args: argparse.Namespace) -> int:
         workers=args.workers,
         run_config=run_config,
         progress=not args.quiet,
+        prompt_format=prompt_format,
     )
     for name, metrics in summary["tasks"].items():
         if name in names:

@@ -7,8 +7,10 @@ Layout of an output folder::
     OUT/<task>/metrics.json          scores with 95% bootstrap CIs, sub-scores, config, data sha256
 
 Runs resume: finished ``(id, sample)`` pairs found in any sample file of the task folder are skipped, and
-a partial last line left by a crash is ignored. Shards write separate sample files, so several processes
-(one per GPU) can share one output folder; each shard's ``metrics.json`` covers every sample file present.
+a partial last line left by a crash is ignored. A resume must render the same prompts: samples made with
+another prompt format or system prompt (each record keeps both) are refused with an error. Shards write
+separate sample files, so several processes (one per GPU) can share one output folder; each shard's
+``metrics.json`` covers every sample file present.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from emreason.evals.metrics import summarize, summarize_majority
+from emreason.evals.prompts import PromptFormat
 from emreason.evals.tasks import Problem, Task, get_task
 from tqdm import tqdm
 
@@ -89,6 +92,23 @@ def _append(path: Path, records: Sequence[dict[str, Any]]) -> None:
         os.fsync(stream.fileno())
 
 
+def check_prompt_format(
+    task_dir: Path, records: Sequence[dict[str, Any]], prompt_format: PromptFormat
+) -> None:
+    """Refuse to resume into ``task_dir`` when its samples were prompted differently (records written
+    before prompt formats existed are ``chat`` with each task's own system prompt)."""
+    wanted = prompt_format.describe()
+    for record in records:
+        found = {key: record.get(key, PromptFormat().describe()[key]) for key in wanted}
+        if found != wanted:
+            raise ValueError(
+                f"{task_dir} holds samples made with --prompt-format {found['prompt_format']} and system "
+                f"prompt {found['system_prompt']!r} (None: the task's own), but this run uses "
+                f"--prompt-format {wanted['prompt_format']} and {wanted['system_prompt']!r}; resuming would "
+                "mix prompts: use another --output folder or the same prompt settings"
+            )
+
+
 def task_metrics(
     task: Task, problems: list[Problem], records: list[dict[str, Any]], n_samples: int
 ) -> dict[str, Any]:
@@ -140,8 +160,13 @@ def run_task(
     workers: int = 2,
     run_config: dict[str, Any] | None = None,
     progress: bool = True,
+    prompt_format: PromptFormat | None = None,
 ) -> dict[str, Any]:
-    """Evaluate one task into ``output/<task>/``; returns its metrics dict."""
+    """Evaluate one task into ``output/<task>/``; returns its metrics dict.
+
+    ``prompt_format``: how messages reach the backend (default ``chat`` with the task's system prompt).
+    """
+    prompt_format = prompt_format or PromptFormat()
     if n_samples < 1:
         raise ValueError(f"n_samples must be >= 1, got {n_samples}")
     data = task.load(data_path, hub)
@@ -150,6 +175,7 @@ def run_task(
     index, count = shard
     sample_file = task_dir / ("samples.jsonl" if count == 1 else f"samples.shard-{index}-of-{count}.jsonl")
     existing = read_samples(task_dir)
+    check_prompt_format(task_dir, existing, prompt_format)
     done = {(r["id"], r["sample"]) for r in existing}
     history: dict[int, dict[str, str]] = defaultdict(dict)
     for record in existing:
@@ -171,7 +197,7 @@ def run_task(
                 key = (problem.id, problem.depends_on is None)
                 requests[key if key[1] else (f"{problem.id}#{k}", False)].append((problem, k))
             groups = list(requests.values())
-            conversations = [task.render(g[0][0], history[g[0][1]]) for g in groups]
+            conversations = [prompt_format.apply(task.render(g[0][0], history[g[0][1]])) for g in groups]
             began = time.monotonic()
             by_count: dict[int, list[int]] = defaultdict(list)
             for position, group in enumerate(groups):
@@ -204,6 +230,7 @@ def run_task(
                         "id": problem.id,
                         "sample": k,
                         "prompt": prompt,
+                        **prompt_format.describe(),
                         "completion": text,
                         "extracted": verdict.extracted,
                         "correct": bool(verdict.correct),
@@ -222,7 +249,9 @@ def run_task(
         pending = [(p, k) for p, k in pending if (p.id, k) not in done]
     bar.close()
     metrics = task_metrics(task, problems, read_samples(task_dir), n_samples)
-    metrics["config"] = dict(run_config or {}, shard=f"{index}/{count}", limit=limit)
+    metrics["config"] = dict(
+        run_config or {}, shard=f"{index}/{count}", limit=limit, **prompt_format.describe()
+    )
     metrics["data"] = {"source": data.source, "sha256": data.sha256}
     write_json_atomic(task_dir / "metrics.json", metrics, sort_keys=True)
     return metrics

@@ -1,7 +1,10 @@
 """Generation backends: Hugging Face ``generate`` (``hf``), vLLM offline (``vllm``), OpenAI-compatible server.
 
-A backend turns chat conversations into completions: ``generate(conversations, n) -> list[list[str]]``.
-vLLM is imported only inside :mod:`emreason.evals.backends.vllm_backend`.
+A backend turns prompts into completions: ``generate(prompts, n) -> list[list[str]]``, where every prompt of
+one call is either chat messages (the ``chat`` format: the model's chat template) or plain text (``raw``:
+no template; see :mod:`emreason.evals.prompts`). Completions end at the model's EOS ids and at the stop
+strings (``<|im_end|>``, ``<|endoftext|>``, ``<|im_start|>`` and ``GenerationConfig.stop``), which are never
+part of the returned text. vLLM is imported only inside :mod:`emreason.evals.backends.vllm_backend`.
 
 Every backend sends the same sampling settings explicitly (top-k off, no repetition penalty unless asked),
 because each library otherwise fills in the model's ``generation_config.json`` differently: transformers'
@@ -11,6 +14,7 @@ offline ``LLM.chat`` with explicit ``SamplingParams`` does not. Qwen2.5-Math's e
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -28,8 +32,15 @@ class GenerationConfig:
     batch_size: int = 16
     em_inf: bool = False
     em_inf_options: dict[str, Any] = field(default_factory=dict)
+    stop: tuple[str, ...] = ()  # stop strings beyond emreason.evals.prompts.DEFAULT_STOP
 
     def __post_init__(self) -> None:
+        from emreason.evals.prompts import stop_strings
+
+        if isinstance(self.stop, str):  # tuple("ab") would be two one-letter stops
+            raise ValueError(f"stop must be a sequence of strings, got the string {self.stop!r}")
+        self.stop = tuple(self.stop)
+        stop_strings(self.stop)  # rejects empty or non-string stops here, before any model loads
         if self.max_new_tokens < 1:
             raise ValueError(f"max_new_tokens must be >= 1, got {self.max_new_tokens}")
         if self.temperature < 0:
@@ -52,6 +63,23 @@ class GenerationConfig:
                 EMInfConfig().replace(**self.em_inf_options)
             except (TypeError, ValueError) as error:
                 raise ValueError(f"invalid EM-INF option(s) {self.em_inf_options}: {error}") from None
+
+    @property
+    def stop_strings(self) -> list[str]:
+        """Every stop string: the defaults, then ``stop``."""
+        from emreason.evals.prompts import stop_strings
+
+        return stop_strings(self.stop)
+
+
+def prompt_kind(prompts: Sequence[Any]) -> str:
+    """``"raw"`` when every prompt is text, ``"chat"`` when every one is a message list; else an error."""
+    raw = [isinstance(p, str) for p in prompts]
+    if all(raw):
+        return "raw"
+    if not any(raw):
+        return "chat"
+    raise ValueError("one generate call mixes raw-text and chat prompts; send each format separately")
 
 
 class BackendError(RuntimeError):

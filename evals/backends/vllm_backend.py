@@ -1,11 +1,19 @@
-"""vLLM offline backend (``LLM.chat``); EM-INF is enabled per request through ``extra_args``."""
+"""vLLM offline backend: ``LLM.chat`` (chat prompts) or ``LLM.generate`` (raw text); EM-INF per request.
+
+Stops: ``SamplingParams.stop`` holds every stop string and ``stop_token_ids`` the ids of
+:func:`~emreason.evals.prompts.stop_token_ids` (EOS of the model's generation config and tokenizer, and the
+stop strings that are single added tokens: vLLM matches stop strings on text without special tokens, so
+``<|im_start|>`` would otherwise pass). vLLM leaves stops out of the text; each text is cut at the first
+stop string again all the same.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from typing import Any
 
-from emreason.evals.backends import BackendError, GenerationConfig
+from emreason.evals.backends import BackendError, GenerationConfig, prompt_kind
+from emreason.evals.prompts import Prompt, cut_at_stop, stop_token_ids
 
 
 def em_inf_extra_args(config: GenerationConfig) -> dict | None:
@@ -85,6 +93,8 @@ class VLLMBackend:
         if config.em_inf and not engine_has_em_inf(llm):
             raise BackendError(f"vLLM engine for {model}: {MISSING_PROCESSOR}")
         self.name = model
+        self.stops = config.stop_strings
+        self.stop_ids = stop_token_ids(llm.get_tokenizer(), _generation_eos(llm), self.stops)
 
     def sampling_params(self, n: int):
         from vllm import SamplingParams
@@ -97,11 +107,28 @@ class VLLMBackend:
             repetition_penalty=self.config.repetition_penalty,
             max_tokens=self.config.max_new_tokens,
             seed=self.config.seed,
+            stop=self.stops,
+            stop_token_ids=self.stop_ids,
             extra_args=self.extra_args,
         )
 
-    def generate(self, conversations: Sequence[Sequence[dict[str, str]]], n: int = 1) -> list[list[str]]:
+    def generate(self, prompts: Sequence[Prompt], n: int = 1) -> list[list[str]]:
+        """``n`` completions per prompt: chat messages via ``LLM.chat``, raw text via ``LLM.generate``."""
         if n < 1:
             raise ValueError(f"n must be >= 1, got {n}")
-        outputs = self.llm.chat([list(c) for c in conversations], self.sampling_params(n), use_tqdm=False)
-        return [[choice.text for choice in output.outputs] for output in outputs]
+        if not prompts:
+            return []
+        params = self.sampling_params(n)
+        if prompt_kind(prompts) == "raw":
+            outputs = self.llm.generate(list(prompts), params, use_tqdm=False)
+        else:
+            outputs = self.llm.chat([list(c) for c in prompts], params, use_tqdm=False)
+        return [[cut_at_stop(choice.text, self.stops) for choice in output.outputs] for output in outputs]
+
+
+def _generation_eos(llm: Any) -> Any:
+    """The EOS id(s) in the engine's model ``generation_config.json`` (None when it has none)."""
+    try:
+        return llm.llm_engine.model_config.try_get_generation_config().get("eos_token_id")
+    except AttributeError:  # an engine without this accessor: the tokenizer's EOS still applies
+        return None

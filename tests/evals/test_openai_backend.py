@@ -20,7 +20,9 @@ class FakeServer(BaseHTTPRequestHandler):
 
     models = ["m"]
     has_em_inf = True
-    requests: list = []
+    requests: list = []  # generation requests (not /tokenize lookups)
+    tokenize = True  # answer vLLM's /tokenize; False: 404, as a server without it
+    specials = {"<|endoftext|>": 0, "<|im_start|>": 1, "<|im_end|>": 2}
 
     def _send(self, status: int, body: dict) -> None:
         data = json.dumps(body).encode()
@@ -36,6 +38,12 @@ class FakeServer(BaseHTTPRequestHandler):
 
     def do_POST(self):  # noqa: N802
         body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+        if self.path == "/tokenize":
+            if not self.tokenize:
+                return self._send(404, {"detail": "Not Found"})
+            text = body["prompt"]
+            tokens = [self.specials[text]] if text in self.specials else [ord(c) for c in text]
+            return self._send(200, {"tokens": tokens, "count": len(tokens), "max_model_len": 512})
         type(self).requests.append(body)
         xargs = body.get("vllm_xargs") or {}
         if self.has_em_inf and (xargs.get("em_inf", 0) not in (0, 1) or xargs.get("em_inf_steps", 0) < 0):
@@ -44,6 +52,13 @@ class FakeServer(BaseHTTPRequestHandler):
             return self._send(400, {"error": error})
         if body["model"] not in self.models:
             return self._send(404, {"error": {"message": "model not found", "code": 404}})
+        if self.path == "/v1/completions":  # raw text; a stop string the server let through is cut
+            choices = [
+                {"index": i, "text": f"\\boxed{{{i}}}<|im_start|>user"} for i in range(body.get("n", 1))
+            ]
+            reply = {"id": "x", "object": "text_completion", "created": 0, "model": body["model"]}
+            return self._send(200, {**reply, "choices": choices})
+        assert self.path == "/v1/chat/completions", self.path
         choices = [
             {"index": i, "message": {"role": "assistant", "content": f"\\boxed{{{i}}}"}}
             for i in reversed(range(body.get("n", 1)))  # out of order: the backend must sort by index
@@ -57,7 +72,7 @@ class FakeServer(BaseHTTPRequestHandler):
 
 @pytest.fixture
 def server():
-    FakeServer.models, FakeServer.has_em_inf, FakeServer.requests = ["m"], True, []
+    FakeServer.models, FakeServer.has_em_inf, FakeServer.requests, FakeServer.tokenize = ["m"], True, [], True
     httpd = ThreadingHTTPServer(("127.0.0.1", 0), FakeServer)
     thread = threading.Thread(target=httpd.serve_forever, daemon=True)
     thread.start()
@@ -84,6 +99,27 @@ def test_plain_run_sends_no_probe_or_xargs(server):
     backend = make_backend("vllm", server + "/v1/", GenerationConfig(max_new_tokens=3), served_model="m")
     backend.generate([[{"role": "user", "content": "hi"}]])
     assert len(FakeServer.requests) == 1 and "vllm_xargs" not in FakeServer.requests[0]
+
+
+def test_raw_prompts_use_the_completions_endpoint_with_stops(server):
+    backend = make_backend("vllm", server, GenerationConfig(max_new_tokens=5, stop=("\n\nQuestion:",)))
+    assert backend.stop_ids == [0, 1, 2]  # the special stop strings, looked up on the server
+    out = backend.generate(["Compute 1+2.\nPlease reason step by step.", "Compute 3+4."], n=2)
+    assert out == [["\\boxed{0}", "\\boxed{1}"]] * 2  # cut at <|im_start|>
+    sent = FakeServer.requests[-1]
+    assert sent["prompt"] in ("Compute 1+2.\nPlease reason step by step.", "Compute 3+4.")
+    assert "messages" not in sent and sent["max_tokens"] == 5
+    assert sent["stop"] == ["<|im_end|>", "<|endoftext|>", "<|im_start|>", "\n\nQuestion:"]
+    assert sent["stop_token_ids"] == [0, 1, 2]
+    backend.generate([[{"role": "user", "content": "hi"}]])
+    chat = FakeServer.requests[-1]
+    assert chat["messages"] and chat["stop"] == sent["stop"] and chat["stop_token_ids"] == [0, 1, 2]
+    with pytest.raises(ValueError, match="mixes raw-text and chat"):
+        backend.generate(["a", [{"role": "user", "content": "b"}]])
+    FakeServer.tokenize = False  # a server without /tokenize: stop strings only
+    plain = make_backend("vllm", server, GenerationConfig())
+    plain.generate(["x"])
+    assert plain.stop_ids == [] and "stop_token_ids" not in FakeServer.requests[-1]
 
 
 def test_unreachable_server_is_a_clear_error():

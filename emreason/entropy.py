@@ -288,9 +288,7 @@ def entropy_from_hidden(
     return entropy.reshape(leading)
 
 
-def _kept_rows(
-    tokens: int, weight: torch.Tensor, chunk_size: int, recompute: bool | str, budget: int
-) -> int:
+def _kept_rows(tokens: int, weight: torch.Tensor, chunk_size: int, recompute: bool | str, budget: int) -> int:
     """How many leading tokens (whole chunks, or all tokens) keep their logits for the backward."""
     if recompute is True:
         return 0

@@ -75,9 +75,8 @@ class EMFTConfig(GRPOConfig):
         if self.entropy_chunk_size < 1:
             raise ValueError(f"entropy_chunk_size must be >= 1, got {self.entropy_chunk_size}")
         if self.entropy_recompute_logits not in (True, False, "auto", "true", "false"):
-            raise ValueError(
-                f'entropy_recompute_logits must be "auto", "true" or "false", got {self.entropy_recompute_logits!r}'
-            )
+            value = self.entropy_recompute_logits
+            raise ValueError(f'entropy_recompute_logits must be "auto", "true" or "false", got {value!r}')
         if self.entropy_keep_logits_max_mb < 0:
             raise ValueError(
                 f"entropy_keep_logits_max_mb must be >= 0, got {self.entropy_keep_logits_max_mb}"

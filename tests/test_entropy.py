@@ -131,26 +131,105 @@ def test_entropy_from_hidden_finite_differences():
     assert torch.autograd.gradcheck(lambda h, w: entropy_from_hidden(h, w, chunk_size=3), (hidden, weight))
 
 
-def test_entropy_from_hidden_never_materializes_full_logits():
-    """Peak memory of the chunked forward+backward stays far below one [tokens, V] float32 buffer."""
-    # CPU allocations are not traceable portably, so count the rows of every logits block produced.
+def _count_logit_blocks(monkeypatch, **kwargs) -> list[int]:
+    """Rows of every logits block `entropy_from_hidden` computes in one forward + backward."""
+    import emreason.entropy as entropy_module
+
     seen_rows = []
-    original = torch.nn.functional.linear
+    original = entropy_module._chunk_logits_
 
-    def spy(x, w, b=None):
-        out = original(x, w, b)
+    def spy(x, w, b, out):
         seen_rows.append(out.shape[0])
-        return out
+        return original(x, w, b, out)
 
-    torch.nn.functional.linear = spy
-    try:
-        hidden = torch.randn(100, 8, requires_grad=True)
-        weight = torch.randn(30, 8, requires_grad=True)
-        entropy_from_hidden(hidden, weight, chunk_size=16).sum().backward()
-    finally:
-        torch.nn.functional.linear = original
+    monkeypatch.setattr(entropy_module, "_chunk_logits_", spy)
+    hidden = torch.randn(100, 8, requires_grad=True)
+    weight = torch.randn(30, 8, requires_grad=True)
+    entropy_from_hidden(hidden, weight, chunk_size=16, **kwargs).sum().backward()
+    return seen_rows
+
+
+def test_entropy_from_hidden_recompute_never_materializes_full_logits(monkeypatch):
+    """recompute_logits=True: no logits block larger than the chunk, and backward recomputes them all."""
+    seen_rows = _count_logit_blocks(monkeypatch, recompute_logits=True)
     # forward (7 chunks) + recomputation in backward (7 chunks), none larger than the chunk
     assert max(seen_rows) == 16 and len(seen_rows) == 14
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "recomputed"),
+    [
+        ({"recompute_logits": False}, 0),
+        ({"recompute_logits": "auto"}, 0),  # 100 x 30 float32 logits are far below the default budget
+        # budget for 2 chunks of 16 x 30 float32 logits (3,840 bytes) plus a little: chunks 3..7 recomputed
+        ({"recompute_logits": "auto", "keep_logits_max_bytes": 2 * 16 * 30 * 4 + 100}, 5),
+        ({"recompute_logits": "auto", "keep_logits_max_bytes": 0}, 7),
+    ],
+)
+def test_entropy_from_hidden_keeps_logits_within_budget(monkeypatch, kwargs, recomputed):
+    seen_rows = _count_logit_blocks(monkeypatch, **kwargs)
+    assert max(seen_rows) == 16 and len(seen_rows) == 7 + recomputed
+
+
+@pytest.mark.parametrize("recompute", [True, False, "auto"])
+@pytest.mark.parametrize("with_bias", [True, False])
+def test_entropy_from_hidden_paths_match_float64_autograd(recompute, with_bias):
+    """Every keep/recompute mix, against plain float64 autograd through log_softmax; values, gradients
+    of hidden, weight and bias, with a non-uniform upstream gradient (incl. zeros, as masked tokens)."""
+    torch.manual_seed(11)
+    hidden = torch.randn(3, 9, 12, dtype=torch.float64, requires_grad=True)
+    weight = (torch.randn(70, 12, dtype=torch.float64) * 2).requires_grad_(True)
+    bias = (torch.randn(70, dtype=torch.float64) * 3).requires_grad_(True) if with_bias else None
+    upstream = torch.randn(3, 9, dtype=torch.float64)
+    upstream[0, :4] = 0.0
+    # "auto" with a budget of two 5-token chunks: a mix of kept and recomputed chunks.
+    budget = {"keep_logits_max_bytes": 2 * 5 * 70 * 8} if recompute == "auto" else {}
+    inputs = (hidden, weight) + ((bias,) if with_bias else ())
+    got = entropy_from_hidden(hidden, weight, chunk_size=5, bias=bias, recompute_logits=recompute, **budget)
+    grads = torch.autograd.grad((got * upstream).sum(), inputs)
+    log_p = torch.log_softmax(hidden @ weight.T + (bias if with_bias else 0.0), -1)
+    full = -(log_p.exp() * log_p).sum(-1)
+    ref_grads = torch.autograd.grad((full * upstream).sum(), inputs)
+    torch.testing.assert_close(got, full, atol=1e-12, rtol=1e-10)
+    for g, r in zip(grads, ref_grads):
+        torch.testing.assert_close(g, r, atol=1e-10, rtol=1e-8)
+    assert (grads[0][0, :4] == 0).all()
+
+
+@pytest.mark.parametrize("recompute", [True, False])
+def test_entropy_from_hidden_finite_differences_both_paths(recompute):
+    torch.manual_seed(12)
+    hidden = torch.randn(5, 6, dtype=torch.float64, requires_grad=True)
+    weight = torch.randn(9, 6, dtype=torch.float64, requires_grad=True)
+    bias = torch.randn(9, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(
+        lambda h, w, b: entropy_from_hidden(h, w, chunk_size=2, bias=b, recompute_logits=recompute),
+        (hidden, weight, bias),
+    )
+
+
+def test_entropy_from_hidden_second_backward_recomputes_kept_logits():
+    """Kept logits are consumed by the first backward; a second one (retain_graph) must still be right."""
+    torch.manual_seed(13)
+    hidden = torch.randn(7, 5, dtype=torch.float64, requires_grad=True)
+    weight = torch.randn(11, 5, dtype=torch.float64, requires_grad=True)
+    entropy = entropy_from_hidden(hidden, weight, chunk_size=3, recompute_logits=False)
+    first = torch.autograd.grad(entropy.sum(), (hidden, weight), retain_graph=True)
+    second = torch.autograd.grad(entropy.sum(), (hidden, weight))
+    for a, b in zip(first, second):
+        torch.testing.assert_close(a, b, atol=1e-13, rtol=1e-12)
+
+
+def test_entropy_from_hidden_invalid_row_is_nan_in_value_and_gradient():
+    hidden = torch.randn(4, 3, dtype=torch.float64)
+    hidden[2, 0] = float("nan")
+    hidden.requires_grad_(True)
+    weight = torch.randn(6, 3, dtype=torch.float64, requires_grad=True)
+    for recompute in (True, False):
+        entropy = entropy_from_hidden(hidden, weight, chunk_size=2, recompute_logits=recompute)
+        assert torch.isnan(entropy[2]) and torch.isfinite(entropy[[0, 1, 3]]).all()
+        (grad_hidden,) = torch.autograd.grad(entropy[[0, 1, 3]].sum(), hidden)
+        assert torch.isnan(grad_hidden[2]).all() and torch.isfinite(grad_hidden[[0, 1, 3]]).all()
 
 
 def test_entropy_from_hidden_bad_input():
@@ -158,6 +237,11 @@ def test_entropy_from_hidden_bad_input():
         entropy_from_hidden(torch.randn(2, 4), torch.randn(5, 4), chunk_size=0)
     with pytest.raises(ValueError, match="hidden size 3"):
         entropy_from_hidden(torch.randn(2, 3), torch.randn(5, 4))
+    for bad in ("always", 1, None):
+        with pytest.raises(ValueError, match="recompute_logits"):
+            entropy_from_hidden(torch.randn(2, 4), torch.randn(5, 4), recompute_logits=bad)
+    with pytest.raises(ValueError, match="keep_logits_max_bytes"):
+        entropy_from_hidden(torch.randn(2, 4), torch.randn(5, 4), keep_logits_max_bytes=-1)
 
 
 def test_entropy_from_hidden_with_masking_bias():

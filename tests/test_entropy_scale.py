@@ -99,16 +99,18 @@ def test_the_naive_formula_fails_these_checks():
         check_value(naive, z)
 
 
+@pytest.mark.parametrize("recompute", [True, False])
 @pytest.mark.parametrize(("std", "offset"), [(5.0, 0.0), (30.0, 40.0)])
-def test_entropy_from_hidden_values_and_gradients(std, offset):
-    """The chunked hidden-state entropy and its closed-form backward (hidden, weight, bias)."""
+def test_entropy_from_hidden_values_and_gradients(std, offset, recompute):
+    """The chunked hidden-state entropy and its closed-form backward (hidden, weight, bias), with the
+    logits recomputed in backward or kept from the forward."""
     generator = torch.Generator().manual_seed(2)
     dim = 16
     hidden = torch.randn(6, dim, generator=generator, dtype=torch.float64)
     weight = torch.randn(V, dim, generator=generator, dtype=torch.float64) * (std / dim**0.5)
     bias = torch.full((V,), offset, dtype=torch.float64)
     h32, w32, b32 = (t.float().requires_grad_(True) for t in (hidden, weight, bias))
-    entropy = entropy_from_hidden(h32, w32, chunk_size=4, bias=b32)
+    entropy = entropy_from_hidden(h32, w32, chunk_size=4, bias=b32, recompute_logits=recompute)
     # The float32 logits as each chunk computes them (a matmul over fewer rows may round differently,
     # by an ulp of |z|, which would move the entropy by more than the tolerance).
     z = torch.cat(

@@ -21,7 +21,14 @@ class EMFTConfig(GRPOConfig):
     Parameters:
         entropy_chunk_size (`int`, defaults to `1024`):
             Tokens per chunk in `emreason.entropy.entropy_from_hidden`; only one chunk's logits
-            ``[chunk, vocab]`` exist at a time.
+            ``[chunk, vocab]`` are computed at a time.
+        entropy_recompute_logits (`str` or `bool`, defaults to `"auto"`):
+            Whether the entropy backward recomputes each chunk's logits (`"true"`: least memory, one
+            extra vocabulary-sized matmul per chunk) or uses the shifted logits kept from the forward
+            (`"false"`: fastest). `"auto"`: keep whole chunks while the kept float32 logits take at most
+            ``entropy_keep_logits_max_mb``, recompute the rest.
+        entropy_keep_logits_max_mb (`float`, defaults to `2048`):
+            Budget (MiB, per process and micro-batch) of the kept logits under `"auto"`.
         per_sample_seeded_sampling (`bool`, defaults to `False`):
             Sample each completion from its own seeded noise stream (Gumbel-max) so samples do not depend
             on the number of processes. Transformers generation only; ignores top-k/top-p.
@@ -42,6 +49,15 @@ class EMFTConfig(GRPOConfig):
         metadata={"help": "Unused by EM-FT (the loss has no policy ratio); off to skip a forward pass."},
     )
     entropy_chunk_size: int = field(default=1024, metadata={"help": "Tokens per entropy chunk."})
+    entropy_recompute_logits: str = field(
+        default="auto",
+        metadata={
+            "help": 'Entropy backward recomputes logits: "true", "false" or "auto" (keep within budget).'
+        },
+    )
+    entropy_keep_logits_max_mb: float = field(
+        default=2048.0, metadata={"help": 'MiB of kept logits under entropy_recompute_logits="auto".'}
+    )
     per_sample_seeded_sampling: bool = field(
         default=False,
         metadata={
@@ -58,6 +74,13 @@ class EMFTConfig(GRPOConfig):
             raise ValueError(f"num_generations must be >= 1, got {self.num_generations}")
         if self.entropy_chunk_size < 1:
             raise ValueError(f"entropy_chunk_size must be >= 1, got {self.entropy_chunk_size}")
+        if self.entropy_recompute_logits not in (True, False, "auto", "true", "false"):
+            value = self.entropy_recompute_logits
+            raise ValueError(f'entropy_recompute_logits must be "auto", "true" or "false", got {value!r}')
+        if self.entropy_keep_logits_max_mb < 0:
+            raise ValueError(
+                f"entropy_keep_logits_max_mb must be >= 0, got {self.entropy_keep_logits_max_mb}"
+            )
         if self.per_sample_seeded_sampling and self.use_vllm:
             raise ValueError(
                 "per_sample_seeded_sampling works with transformers generation only, not use_vllm"

@@ -64,8 +64,9 @@ class EMFTTrainer(RolloutHooksMixin, GRPOTrainer):
 
     Reuses TRL's `GRPOTrainer` for rollouts (transformers or vLLM generation, batching, PEFT, reference
     model, gradient accumulation, checkpointing, logging) and replaces its loss. The entropy goes through
-    `emreason.entropy.entropy_from_hidden` on the final hidden states (chunked, checkpointed), so only one
-    chunk of logits exists at a time and a step's peak memory stays at or below a plain SFT step's.
+    `emreason.entropy.entropy_from_hidden` on the final hidden states (chunked; the logits are kept for the
+    backward within ``entropy_keep_logits_max_mb`` and recomputed beyond it), so a step's peak memory stays
+    below a plain SFT step's, which holds all logits and their gradient.
 
     The loss is the token-level mean over every completion token of the global (all processes, all
     accumulation steps) batch, so the gradient does not depend on how the batch is split.
@@ -143,7 +144,15 @@ class EMFTTrainer(RolloutHooksMixin, GRPOTrainer):
             head = self.accelerator.unwrap_model(model).get_output_embeddings()
             weight, bias = _full_tensor(head.weight), _full_tensor(head.bias)
             chunk = self.args.entropy_chunk_size
-            entropies = entropy_from_hidden(hidden, weight, chunk_size=chunk, bias=bias)  # [B, C] nats
+            recompute = {"true": True, "false": False}.get(self.args.entropy_recompute_logits)
+            entropies = entropy_from_hidden(  # [B, C] nats
+                hidden,
+                weight,
+                chunk_size=chunk,
+                bias=bias,
+                recompute_logits=self.args.entropy_recompute_logits if recompute is None else recompute,
+                keep_logits_max_bytes=int(self.args.entropy_keep_logits_max_mb * 2**20),
+            )
 
             def token_logprobs() -> torch.Tensor:
                 return chunked_token_logprobs(hidden, weight, bias, completion_ids, self.temperature, chunk)

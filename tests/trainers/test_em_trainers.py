@@ -84,8 +84,17 @@ def test_em_rl_reward_equals_direct_computation_from_logits(
     assert torch.allclose(batch["advantages"].double(), factor * centred, atol=1e-4)
 
 
-def test_em_ft_loss_and_gradient_equal_full_logit_entropy(tiny_model_dir, tmp_path):
-    trainer = _ft_trainer(tiny_model_dir, tmp_path, entropy_chunk_size=5)
+@pytest.mark.parametrize("recompute", ["true", "false", "auto"])
+def test_em_ft_loss_and_gradient_equal_full_logit_entropy(tiny_model_dir, tmp_path, recompute):
+    # "auto" with a budget of 2 of the chunks (5 tokens x 128 float32 logits each): kept and recomputed.
+    budget = 2 * 5 * 128 * 4 / 2**20
+    trainer = _ft_trainer(
+        tiny_model_dir,
+        tmp_path,
+        entropy_chunk_size=5,
+        entropy_recompute_logits=recompute,
+        entropy_keep_logits_max_mb=budget,
+    )
     batch = _rollout(trainer)
     model = trainer.model
     model.zero_grad()
@@ -203,6 +212,10 @@ def test_config_rejects_bad_values(tmp_path):
         EMRLConfig(**common_args(tmp_path, reward_scale=0.0))
     with pytest.raises(ValueError, match="num_generations must be >= 1"):
         EMFTConfig(**common_args(tmp_path, num_generations=0))
+    with pytest.raises(ValueError, match="entropy_recompute_logits"):
+        EMFTConfig(**common_args(tmp_path, entropy_recompute_logits="sometimes"))
+    with pytest.raises(ValueError, match="entropy_keep_logits_max_mb"):
+        EMFTConfig(**common_args(tmp_path, entropy_keep_logits_max_mb=-1))
     assert EMFTConfig(**common_args(tmp_path, per_device_train_batch_size=3)).num_generations == 1
     with pytest.raises(TypeError, match="EMRLConfig"):
         EMRLTrainer("unused", args=EMFTConfig(**common_args(tmp_path)), train_dataset=toy_prompt_dataset(2))

@@ -337,7 +337,7 @@ class TrainedDenoiser:
         return (((denoised - x0) / c_out) ** 2).mean(1)
 
     def fit(self, x0: np.ndarray) -> TrainedDenoiser:
-        """Train on the clean points ``x0`` ``(N, n)``; records ``loss_history_`` (mean loss per 100 steps)."""
+        """Train on clean points ``x0`` ``(N, n)``; records ``loss_history_`` (mean loss per 100 steps)."""
         import torch
 
         x0 = np.asarray(x0, dtype=np.float64)
@@ -413,8 +413,8 @@ def copy_fraction(
 ) -> float:
     """Fraction of denoised fresh points that copy a training point.
 
-    ``x0`` ``(B, n)`` are fresh clean points, noised at ``sigma`` and denoised; an output counts as a copy when
-    its distance to the nearest training point is below ``ratio`` times the distance to the second nearest
+    ``x0`` ``(B, n)`` are fresh clean points, noised at ``sigma`` and denoised; an output is a copy when its
+    distance to the nearest training point is below ``ratio`` times the distance to the second nearest
     (the 1/3 rule used in the diffusion-memorization literature). ``train_points``: ``(N >= 2, n)``.
     """
     train_points = np.asarray(train_points, np.float64)

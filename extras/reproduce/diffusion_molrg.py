@@ -56,7 +56,8 @@ def _shape(curve: list[float]) -> dict:
 
 def probe_shape(acc: list[float], tol: float) -> dict:
     """Shape of a probe-accuracy curve: interior peak above the low-noise end by more than ``tol``
-    (unimodal), or no rise above the running maximum by more than ``tol`` (monotone decreasing)."""
+    (unimodal), or never above the low-noise end and no step above the running maximum by more than ``tol``
+    (monotone decreasing)."""
     a = np.asarray(acc)
     peak = int(np.argmax(a))
     rises = a[1:] - np.maximum.accumulate(a)[:-1]
@@ -64,7 +65,7 @@ def probe_shape(acc: list[float], tol: float) -> dict:
         "peak_index": peak,
         "peak_minus_lowest_noise": float(a[peak] - a[0]),
         "unimodal": bool(0 < peak < len(a) - 1 and a[peak] - a[0] > tol and a[peak] - a[-1] > tol),
-        "monotone_decreasing_within_tol": bool(rises.max() <= tol),
+        "monotone_decreasing_within_tol": bool(rises.max() <= tol and a.max() - a[0] <= tol),
         "max_rise": float(rises.max()),
     }
 

@@ -41,6 +41,10 @@ __all__ = [
     "subspace_snr",
     "quadratic_probe_accuracy",
     "representation_curve",
+    "TrainedDenoiser",
+    "linear_probe_accuracy",
+    "copy_fraction",
+    "feature_probe_curve",
 ]
 
 
@@ -219,3 +223,230 @@ def representation_curve(
     if with_probe:
         out["probe_accuracy"] = accuracy
     return out
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Trained denoiser (small torch MLP) and its intermediate features
+# ---------------------------------------------------------------------------------------------------------
+
+
+def linear_probe_accuracy(
+    train_feats: np.ndarray,
+    train_labels: np.ndarray,
+    test_feats: np.ndarray,
+    test_labels: np.ndarray,
+    C: float = 1.0,
+) -> float:
+    """Test accuracy of a standardised logistic-regression probe linear in the features ``(N, h)``."""
+    train_feats, test_feats = np.asarray(train_feats, np.float64), np.asarray(test_feats, np.float64)
+    if train_feats.ndim != 2 or test_feats.ndim != 2 or train_feats.shape[1] != test_feats.shape[1]:
+        raise ValueError(f"features must be (N, h) with equal h, got {train_feats.shape}, {test_feats.shape}")
+    probe = make_pipeline(StandardScaler(), LogisticRegression(C=C, max_iter=3000))
+    probe.fit(train_feats, train_labels)
+    return float(probe.score(test_feats, test_labels))
+
+
+class TrainedDenoiser:
+    """A small noise-conditional MLP denoiser ``D(x, sigma)`` trained by denoising score matching.
+
+    EDM-style preconditioning (Karras et al. 2022) with data scale ``s``:
+    ``D = c_skip x + c_out F(c_in x, log sigma)``, ``c_skip = s^2/(s^2+sigma^2)``,
+    ``c_out = sigma s / sqrt(s^2+sigma^2)``, ``c_in = 1/sqrt(s^2+sigma^2)``; the loss
+    ``||D(x0 + sigma eps, sigma) - x0||^2 / c_out^2`` is averaged over ``log sigma ~ U[log sigma_min,
+    log sigma_max]``. ``F`` is an MLP with ``n_layers`` hidden SiLU layers of width ``width``; the noise level
+    enters as a learned embedding added to every hidden layer. The *features* of ``x`` at ``sigma`` are the
+    activations of the last hidden layer (``(B, width)``), the analogue of a diffusion model's
+    intermediate representation of ``x_t``.
+
+    ``fit(x0)`` trains on the fixed set ``x0`` ``(N, n)`` (small ``N`` + many steps memorizes);
+    ``posterior_mean(x, sigma)`` and ``features(x, sigma)`` accept ``(B, n)`` arrays.
+    """
+
+    def __init__(
+        self,
+        width: int = 256,
+        n_layers: int = 3,
+        steps: int = 3000,
+        batch_size: int = 256,
+        lr: float = 2e-3,
+        sigma_min: float = 0.01,
+        sigma_max: float = 20.0,
+        random_state: int = 0,
+    ):
+        for name, value in (
+            ("width", width),
+            ("n_layers", n_layers),
+            ("steps", steps),
+            ("batch_size", batch_size),
+        ):
+            if not isinstance(value, (int, np.integer)) or value < 1:
+                raise ValueError(f"{name} must be a positive integer, got {value!r}")
+        if not (0 < sigma_min < sigma_max) or not np.isfinite(sigma_max):
+            raise ValueError(f"need 0 < sigma_min < sigma_max < inf, got {sigma_min!r}, {sigma_max!r}")
+        if not lr > 0:
+            raise ValueError(f"lr must be positive, got {lr!r}")
+        self.width, self.n_layers, self.steps, self.batch_size, self.lr = (
+            width,
+            n_layers,
+            steps,
+            batch_size,
+            lr,
+        )
+        self.sigma_min, self.sigma_max, self.random_state = float(sigma_min), float(sigma_max), random_state
+
+    # -- network ------------------------------------------------------------------------------------------
+    def _build(self, n_dim: int):
+        import torch
+        from torch import nn
+
+        class _Net(nn.Module):
+            def __init__(self, n_dim: int, width: int, n_layers: int):
+                super().__init__()
+                self.inp = nn.Linear(n_dim, width)
+                self.hidden = nn.ModuleList(nn.Linear(width, width) for _ in range(n_layers - 1))
+                # log-sigma embedding: random Fourier features -> one vector per hidden layer
+                self.register_buffer("freqs", torch.randn(16) * 2.0)
+                self.emb = nn.Sequential(nn.Linear(32, width), nn.SiLU(), nn.Linear(width, width * n_layers))
+                self.out = nn.Linear(width, n_dim)
+                self.width, self.n_layers = width, n_layers
+
+            def forward(self, x, log_sigma, return_features: bool = False):
+                angles = log_sigma[:, None] * self.freqs[None]
+                emb = self.emb(torch.cat([angles.sin(), angles.cos()], 1)).view(-1, self.n_layers, self.width)
+                h = nn.functional.silu(self.inp(x) + emb[:, 0])
+                for i, layer in enumerate(self.hidden):
+                    h = nn.functional.silu(layer(h) + emb[:, i + 1])
+                return h if return_features else self.out(h)
+
+        return _Net(n_dim, self.width, self.n_layers)
+
+    def _precond(self, sigma):
+        s2 = self.data_scale_**2
+        c_skip = s2 / (s2 + sigma**2)
+        c_out = sigma * self.data_scale_ / (s2 + sigma**2) ** 0.5
+        c_in = 1.0 / (s2 + sigma**2) ** 0.5
+        return c_skip, c_out, c_in
+
+    def _denoise_torch(self, x, sigma):
+        c_skip, c_out, c_in = self._precond(sigma[:, None])
+        return c_skip * x + c_out * self.net_(c_in * x, sigma.log())
+
+    def _loss_torch(self, x0, sigma, eps):
+        c_skip, c_out, c_in = self._precond(sigma[:, None])
+        denoised = self._denoise_torch(x0 + sigma[:, None] * eps, sigma)
+        return (((denoised - x0) / c_out) ** 2).mean(1)
+
+    def fit(self, x0: np.ndarray) -> TrainedDenoiser:
+        """Train on clean points ``x0`` ``(N, n)``; records ``loss_history_`` (mean loss per 100 steps)."""
+        import torch
+
+        x0 = np.asarray(x0, dtype=np.float64)
+        if x0.ndim != 2 or x0.shape[0] < 2 or not np.all(np.isfinite(x0)):
+            raise ValueError(f"x0 must be a finite (N >= 2, n_dim) array, got shape {x0.shape}")
+        self.n_dim_ = x0.shape[1]
+        torch.manual_seed(self.random_state)
+        self.data_scale_ = float(np.sqrt((x0**2).mean()))
+        self.net_ = self._build(self.n_dim_)
+        data = torch.as_tensor(x0, dtype=torch.float32)
+        opt = torch.optim.Adam(self.net_.parameters(), lr=self.lr)
+        sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, self.steps)
+        gen = torch.Generator().manual_seed(self.random_state)
+        log_lo, log_hi = np.log(self.sigma_min), np.log(self.sigma_max)
+        self.loss_history_, running = [], []
+        for _ in range(self.steps):
+            idx = torch.randint(0, data.shape[0], (self.batch_size,), generator=gen)
+            batch = data[idx]
+            sigma = torch.exp(log_lo + (log_hi - log_lo) * torch.rand(self.batch_size, generator=gen))
+            eps = torch.randn(batch.shape, generator=gen)
+            loss = self._loss_torch(batch, sigma, eps).mean()
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            sched.step()
+            running.append(float(loss.detach()))
+            if len(running) == 100:
+                self.loss_history_.append(float(np.mean(running)))
+                running = []
+        self.net_.eval()
+        return self
+
+    def _check_fitted(self, x: np.ndarray, sigma: float):
+        if not hasattr(self, "net_"):
+            raise RuntimeError("TrainedDenoiser is not fitted; call fit(x0) first")
+        return _check_points(x, self.n_dim_), _check_sigma(sigma)
+
+    def posterior_mean(self, x: np.ndarray, sigma: float) -> np.ndarray:
+        """Denoised estimate ``D(x, sigma)``: ``(B, n)`` -> ``(B, n)``."""
+        import torch
+
+        x, sigma = self._check_fitted(x, sigma)
+        with torch.no_grad():
+            xt = torch.as_tensor(x, dtype=torch.float32)
+            out = self._denoise_torch(xt, torch.full((len(x),), sigma))
+        return out.double().numpy()
+
+    def features(self, x: np.ndarray, sigma: float) -> np.ndarray:
+        """Last-hidden-layer activations of ``F(c_in x, log sigma)``: ``(B, n)`` -> ``(B, width)``."""
+        import torch
+
+        x, sigma = self._check_fitted(x, sigma)
+        with torch.no_grad():
+            s = torch.full((len(x),), sigma)
+            _, _, c_in = self._precond(s[:, None])
+            h = self.net_(c_in * torch.as_tensor(x, dtype=torch.float32), s.log(), return_features=True)
+        return h.double().numpy()
+
+    def denoising_loss(self, x0: np.ndarray, sigmas, random_state=0) -> np.ndarray:
+        """Mean squared error ``||D(x0 + sigma eps, sigma) - x0||^2 / n`` per sigma: ``(len(sigmas),)``."""
+        rng = np.random.default_rng(random_state)
+        x0 = _check_points(x0, self.n_dim_)
+        return np.array(
+            [
+                float(((self.posterior_mean(x0 + s * rng.standard_normal(x0.shape), s) - x0) ** 2).mean())
+                for s in (_check_sigma(s) for s in sigmas)
+            ]
+        )
+
+
+def copy_fraction(
+    denoiser, train_points: np.ndarray, x0: np.ndarray, sigma: float, ratio: float = 1.0 / 3.0, random_state=0
+) -> float:
+    """Fraction of denoised fresh points that copy a training point.
+
+    ``x0`` ``(B, n)`` are fresh clean points, noised at ``sigma`` and denoised; an output is a copy when its
+    distance to the nearest training point is below ``ratio`` times the distance to the second nearest
+    (the 1/3 rule used in the diffusion-memorization literature). ``train_points``: ``(N >= 2, n)``.
+    """
+    train_points = np.asarray(train_points, np.float64)
+    if train_points.ndim != 2 or train_points.shape[0] < 2:
+        raise ValueError(f"train_points must have shape (N >= 2, n), got {train_points.shape}")
+    if not 0 < ratio < 1:
+        raise ValueError(f"ratio must lie in (0, 1), got {ratio!r}")
+    x0 = _check_points(x0, train_points.shape[1], "x0")
+    rng = np.random.default_rng(random_state)
+    out = denoiser.posterior_mean(x0 + sigma * rng.standard_normal(x0.shape), sigma)
+    sq = (out**2).sum(1)[:, None] - 2 * out @ train_points.T + (train_points**2).sum(1)[None]
+    two = np.sqrt(np.maximum(np.sort(sq, axis=1)[:, :2], 0.0))
+    return float(np.mean(two[:, 0] < ratio * two[:, 1]))
+
+
+def feature_probe_curve(
+    model: MoLRG,
+    denoiser: TrainedDenoiser,
+    sigmas,
+    n_eval: int = 1000,
+    n_probe_train: int = 1000,
+    C: float = 1.0,
+    random_state=0,
+) -> dict[str, list[float]]:
+    """Linear-probe accuracy on ``denoiser.features(x0 + sigma eps, sigma)`` for each sigma (fresh data)."""
+    sigmas = [_check_sigma(s) for s in sigmas]
+    rng = np.random.default_rng(random_state)
+    x_eval, y_eval = model.sample(n_eval, rng)
+    x_tr, y_tr = model.sample(n_probe_train, rng)
+    acc = []
+    for s in sigmas:
+        f_tr = denoiser.features(x_tr + s * rng.standard_normal(x_tr.shape), s)
+        f_ev = denoiser.features(x_eval + s * rng.standard_normal(x_eval.shape), s)
+        acc.append(linear_probe_accuracy(f_tr, y_tr, f_ev, y_eval, C=C))
+    return {"sigma": sigmas, "probe_accuracy": acc}

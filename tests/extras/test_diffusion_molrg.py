@@ -113,3 +113,85 @@ def test_bad_inputs_raise():
         model.posterior_mean(np.zeros((2, 11)), 1.0)
     with pytest.raises(ValueError, match="labels"):
         subspace_snr(np.zeros((3, 12)), np.array([0, 1, 5]), model.bases_)
+
+
+# --- trained denoiser ------------------------------------------------------------------------------------
+
+from emreason.extras.diffusion_molrg import (  # noqa: E402
+    TrainedDenoiser,
+    copy_fraction,
+    feature_probe_curve,
+    linear_probe_accuracy,
+)
+
+
+@pytest.fixture(scope="module")
+def small_data():
+    model = MoLRG(n_dim=12, n_classes=3, subspace_dim=2, delta=0.5, random_state=0)
+    rng = np.random.default_rng(0)
+    big, _ = model.sample(2048, rng)
+    few, _ = model.sample(6, rng)
+    fresh, _ = model.sample(400, rng)
+    gen = TrainedDenoiser(width=64, n_layers=2, steps=600, lr=5e-3, random_state=0).fit(big)
+    memo = TrainedDenoiser(width=64, n_layers=2, steps=600, lr=5e-3, random_state=0).fit(few)
+    return model, big, few, fresh, gen, memo
+
+
+def test_trained_denoiser_loss_decreases_and_beats_identity(small_data):
+    model, big, _, fresh, gen, _ = small_data
+    assert gen.loss_history_[-1] < gen.loss_history_[0]
+    sigmas = [0.3, 1.0]
+    mse = gen.denoising_loss(fresh, sigmas)
+    # identity denoiser D(x) = x has MSE sigma^2 per coordinate; a trained one must do much better
+    assert np.all(mse < 0.85 * np.square(sigmas))
+    # and it cannot beat the exact MMSE denoiser by more than evaluation noise
+    rng = np.random.default_rng(0)
+    exact = [
+        ((model.posterior_mean(fresh + s * rng.standard_normal(fresh.shape), s) - fresh) ** 2).mean()
+        for s in sigmas
+    ]
+    print(mse, exact)
+    assert np.all(mse > 0.9 * np.array(exact))
+    assert np.all(mse < 1.5 * np.array(exact))
+
+
+def test_memorization_measures_separate_small_from_large_training_set(small_data):
+    _, big, few, fresh, gen, memo = small_data
+    ratio = lambda den, train: den.denoising_loss(fresh, [1.0])[0] / den.denoising_loss(train, [1.0])[0]  # noqa: E731
+    assert ratio(gen, big) < 1.2
+    assert ratio(memo, few) > 3.0
+    assert copy_fraction(memo, few, fresh, 1.0) > copy_fraction(gen, big, fresh, 1.0) + 0.02
+
+
+def test_features_shape_and_probe_curve(small_data):
+    model, _, _, fresh, gen, _ = small_data
+    assert gen.features(fresh[:5], 0.5).shape == (5, 64)
+    assert gen.posterior_mean(fresh[:5], 0.5).shape == (5, 12)
+    curve = feature_probe_curve(model, gen, [0.05, 30.0], n_eval=300, n_probe_train=300)
+    assert curve["probe_accuracy"][0] > 0.5  # well above chance 1/3 at low noise
+    assert curve["probe_accuracy"][1] < 0.45  # near chance at very high noise
+
+
+def test_linear_probe_on_separable_features():
+    rng = np.random.default_rng(0)
+    y = rng.integers(0, 2, 200)
+    feats = rng.standard_normal((200, 3)) + 4.0 * y[:, None]
+    assert linear_probe_accuracy(feats[:100], y[:100], feats[100:], y[100:]) > 0.97
+    with pytest.raises(ValueError, match="features"):
+        linear_probe_accuracy(feats[:, :2], y, feats, y)
+
+
+def test_trained_denoiser_bad_inputs(small_data):
+    *_, gen, _ = small_data
+    with pytest.raises(RuntimeError, match="not fitted"):
+        TrainedDenoiser().posterior_mean(np.zeros((2, 12)), 1.0)
+    with pytest.raises(ValueError, match="shape"):
+        gen.features(np.zeros((2, 11)), 1.0)
+    with pytest.raises(ValueError, match="sigma"):
+        gen.posterior_mean(np.zeros((2, 12)), -1.0)
+    with pytest.raises(ValueError, match="x0"):
+        TrainedDenoiser(steps=1).fit(np.zeros(5))
+    with pytest.raises(ValueError, match="width"):
+        TrainedDenoiser(width=0)
+    with pytest.raises(ValueError, match="ratio"):
+        copy_fraction(gen, np.zeros((3, 12)), np.zeros((2, 12)), 1.0, ratio=2.0)

@@ -43,7 +43,7 @@ SCENARIOS = {
 
 
 def shift_function(s: np.ndarray, kappa: float, heterogeneous: bool, n_e: int) -> np.ndarray:
-    """Reward shift ``b(s)`` (same units as R) of size ``kappa / sqrt(n_e)``, on ``s > 0`` only if heterogeneous."""
+    """Reward shift ``b(s)`` (units of R), size ``kappa / sqrt(n_e)``; on ``s > 0`` only if heterogeneous."""
     size = kappa / np.sqrt(n_e)
     return size * (s > 0) if heterogeneous else np.full(len(s), size)
 
@@ -61,7 +61,7 @@ def simulate(
 
 
 def paired_ratio(a: np.ndarray, b: np.ndarray) -> tuple[float, float]:
-    """``mean(a) / mean(b)`` for paired per-replication squared errors, with its delta-method standard error."""
+    """``mean(a) / mean(b)`` for paired per-replication squared errors, with its delta-method SE."""
     ratio = a.mean() / b.mean()
     return float(ratio), float(np.std(a - ratio * b, ddof=1) / (np.sqrt(len(a)) * b.mean()))
 
@@ -97,7 +97,8 @@ def summarise(raw: dict, n_e: int) -> dict:
         summary[name] = {
             "mse_times_n_e": mse,
             "mse_se_times_n_e": {
-                est: float(n_e * errors[est].std(ddof=1) / np.sqrt(len(errors[est]))) for est in ESTIMATOR_NAMES
+                est: float(n_e * errors[est].std(ddof=1) / np.sqrt(len(errors[est])))
+                for est in ESTIMATOR_NAMES
             },
             "best_baseline": best,
             "pessi_over_best": ratio,
@@ -129,7 +130,9 @@ def plot(summary: dict, path: Path) -> None:
 
 
 def main(argv: list[str] | None = None) -> dict:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--output", type=Path, default=default_output_dir("pessimistic_integration"))
     parser.add_argument("--reps", type=int, default=400)
     parser.add_argument("--seed", type=int, default=2025)

@@ -162,3 +162,29 @@ def test_bad_propensity_c_raises():
     data = _simulate(40, 40, 0.0, np.random.default_rng(8))
     with pytest.raises(ValueError, match="propensity_C must be a finite float > 0, got 0"):
         PessimisticDataIntegration(propensity_C=0).fit(*data)
+
+
+def test_mve_weight_matches_closed_form_without_shift():
+    """No shift, known propensity 1/2, unit noise: n_e Var(w) = 4.25 - 4 w + (2 + n_e / n_h) w^2, so the
+    variance-minimising constant weight is 2 / (2 + n_e / n_h) = 6/7 for n_e = 200, n_h = 600."""
+    weights = []
+    for rep in range(10):
+        data = _simulate(200, 600, 0.0, np.random.default_rng([21, rep]))
+        model = PessimisticDataIntegration(propensity=0.5, n_restarts=0, random_state=rep).fit(*data)
+        weights.append(model.constant_weights_["MVE"])
+    assert abs(np.mean(weights) - 6 / 7) < 0.06
+
+
+def test_pessimistic_weight_vanishes_under_large_shift_and_is_positive_without():
+    from emreason.extras.reproduce.pessimistic_integration import simulate
+
+    mean_w = {}
+    for kappa in (0.0, 30.0):
+        ws = []
+        for rep in range(8):
+            data = simulate(200, 600, kappa, False, np.random.default_rng([22, rep]))
+            model = PessimisticDataIntegration(propensity=0.5, n_restarts=0, random_state=rep).fit(*data)
+            ws.append(model.weight(data[0]).mean())
+        mean_w[kappa] = np.mean(ws)
+    assert mean_w[30.0] < 0.02
+    assert mean_w[0.0] > 0.05

@@ -32,3 +32,17 @@ def test_diffusion_molrg_quick_writes_results_and_separates_memorization(tmp_pat
     for m in (gen, memo):
         assert m["probe_accuracy"][-1] < 0.45 and max(m["probe_accuracy"]) > 0.45
     assert result["exact"]["summary"]["true (generalizing)"]["snr"]["unimodal_interior_peak"]
+
+
+def test_pessimistic_integration_quick_writes_five_scenarios(tmp_path):
+    from emreason.extras.reproduce import pessimistic_integration
+
+    payload = pessimistic_integration.main(["--quick", "--output", str(tmp_path)])
+    assert (tmp_path / "mse_by_scenario.png").stat().st_size > 0
+    saved = json.loads((tmp_path / "results.json").read_text())
+    assert list(saved["summary"]) == list(pessimistic_integration.SCENARIOS)
+    for cell in saved["summary"].values():
+        assert cell["best_baseline"] != "Pessi" and cell["pessi_over_best_se"] >= 0
+        # EDO's n_e x MSE is ~4.3 in every scenario (it ignores the historical data).
+        assert 1.0 < cell["mse_times_n_e"]["EDO"] < 10.0
+    assert 0 <= payload["n_within_10_percent"] <= 5

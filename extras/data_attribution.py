@@ -121,26 +121,27 @@ class _BatchedReluMlp:
         self.biases = [ly.bias.detach().float().unsqueeze(0).repeat(n_runs, 1) for ly in layers]
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
-        """``x`` ``(R, B, d)`` -> predictions ``(R, B)`` and the pre-activations of every layer."""
-        pre, act = [], x
+        """``x`` ``(R, B, d)`` -> predictions ``(R, B)`` and the inputs of every layer (``x`` and the
+        post-ReLU activations)."""
+        inputs, act = [], x
         for k, (w, b) in enumerate(zip(self.weights, self.biases)):
-            z = torch.baddbmm(b.unsqueeze(1), act, w.transpose(1, 2))
-            pre.append(z)
-            act = torch.relu(z) if k < len(self.weights) - 1 else z
-        return act.squeeze(-1), pre
+            inputs.append(act)
+            act = torch.baddbmm(b.unsqueeze(1), act, w.transpose(1, 2))
+            if k < len(self.weights) - 1:
+                act = act.relu_()
+        return act.squeeze(-1), inputs
 
     def sgd_step(self, x: torch.Tensor, y: torch.Tensor, mask: torch.Tensor, lr: float) -> None:
         """One SGD step per run on the masked batch mean of the squared error; ``x`` ``(R, B, d)``,
         ``y`` and ``mask`` ``(R, B)``."""
-        pred, pre = self.forward(x)
+        pred, inputs = self.forward(x)
         count = mask.sum(1, keepdim=True).clamp_min(1.0)  # an empty batch of a left-out run: zero step
         delta = (2.0 * mask * (pred - y) / count).unsqueeze(-1)  # d loss / d output, (R, B, 1)
         for k in range(len(self.weights) - 1, -1, -1):
-            inputs = x if k == 0 else torch.relu(pre[k - 1])
-            grad_w = torch.bmm(delta.transpose(1, 2), inputs)
+            grad_w = torch.bmm(delta.transpose(1, 2), inputs[k])
             grad_b = delta.sum(1)
-            if k > 0:  # propagate before the weights change
-                delta = torch.bmm(delta, self.weights[k]) * (pre[k - 1] > 0)
+            if k > 0:  # propagate before the weights change; ReLU'(z) = [a > 0], one fused pass
+                delta = torch.ops.aten.threshold_backward(torch.bmm(delta, self.weights[k]), inputs[k], 0.0)
             self.weights[k].sub_(grad_w, alpha=lr)
             self.biases[k].sub_(grad_b, alpha=lr)
 
@@ -408,11 +409,14 @@ def attribution_scores(
 
 def agreement(scores: np.ndarray, gold: np.ndarray) -> dict[str, float]:
     """Agreement of ``scores`` with ``gold`` (both ``(n_leave_out, n_test)``): per test instance, the cosine
-    similarity and Spearman correlation across left-out instances, averaged over test instances."""
+    similarity and Spearman correlation across left-out instances, averaged over test instances;
+    ``cosine_se`` is the standard error of that average over test instances (fimoda's error band)."""
     scores, gold = np.asarray(scores, dtype=np.float64), np.asarray(gold, dtype=np.float64)
     if scores.shape != gold.shape or scores.ndim != 2:
         raise ValueError(f"scores and gold must be 2-D of equal shape, got {scores.shape}, {gold.shape}")
     norms = np.linalg.norm(scores, axis=0) * np.linalg.norm(gold, axis=0)
     cosine = np.sum(scores * gold, axis=0) / np.where(norms > 0, norms, np.nan)
     rho = [spearmanr(scores[:, j], gold[:, j]).statistic for j in range(gold.shape[1])]
-    return {"cosine": float(np.nanmean(cosine)), "spearman": float(np.nanmean(rho))}
+    finite = cosine[np.isfinite(cosine)]
+    cosine_se = float(finite.std(ddof=1) / np.sqrt(finite.size)) if finite.size > 1 else float("nan")
+    return {"cosine": float(np.nanmean(cosine)), "cosine_se": cosine_se, "spearman": float(np.nanmean(rho))}

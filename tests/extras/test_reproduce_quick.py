@@ -46,3 +46,23 @@ def test_pessimistic_integration_quick_writes_five_scenarios(tmp_path):
         # EDO's n_e x MSE is ~4.3 in every scenario (it ignores the historical data).
         assert 1.0 < cell["mse_times_n_e"]["EDO"] < 10.0
     assert 0 <= payload["n_within_10_percent"] <= 5
+
+
+def test_data_attribution_quick_writes_results(tmp_path):
+    import math
+
+    from emreason.extras.reproduce import data_attribution
+
+    result = data_attribution.main(["--quick", "--output", str(tmp_path), "--threads", "1"])
+    assert (tmp_path / "data_attribution.png").stat().st_size > 0
+    saved = json.loads((tmp_path / "data_attribution.json").read_text())
+    assert set(saved["agreement"]) == set(data_attribution.ATTRIBUTION_METHODS)
+    for rows in saved["agreement"].values():
+        assert len(rows) == len(saved["config"]["checkpoints"]) == 3
+        for row in rows:
+            assert math.isfinite(row["cosine"]) and -1.0 <= row["cosine"] <= 1.0
+    # the converged final model sits below the further-training stability limit 2 / lr
+    assert result["final_model"]["sharpness"] < result["final_model"]["stability_limit_2_over_lr"]["further"]
+    assert all(s > 0 for s in saved["gold_snr"])
+    pairing = saved["pairing_check"]
+    assert pairing["paired"]["mean_se"][1] < pairing["unpaired"]["mean_se"][1]

@@ -94,7 +94,9 @@ def test_bad_inputs_raise(model):
     with pytest.raises(ValueError, match="n_particles"):
         JALAEM(n_particles=1).fit(model, np.zeros(1))
     with pytest.raises(ValueError, match="ess_threshold"):
-        JALAEM(ess_threshold=0).fit(model, np.zeros(1))
+        JALAEM(ess_threshold=-0.1).fit(model, np.zeros(1))
+    with pytest.raises(ValueError, match="weight_update"):
+        JALAEM(weight_update="bogus").fit(model, np.zeros(1))
     with pytest.raises(ValueError, match="theta"):
         JALAEM().fit(model, np.zeros(3))
     with pytest.raises(ValueError, match="order"):

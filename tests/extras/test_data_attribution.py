@@ -7,8 +7,10 @@ import pytest
 import torch
 from emreason.extras.data_attribution import (
     FurtherTrainingGoldStandard,
+    GaussNewtonInfluence,
     agreement,
     attribution_scores,
+    energy_like_regression,
     make_mlp,
     sharpness,
     train_final_model,
@@ -205,3 +207,108 @@ def test_bad_inputs_raise(problem):
         attribution_scores("tracin", model, x, y, x_test, y_test, [0])
     with pytest.raises(ValueError, match="2-D"):
         train_final_model(model, x[:, 0], y)
+
+
+def _gauss_newton_reference(model, x, y, x_test, y_test, leave_out):
+    """Per-sample training / test gradients and the explicit p x p Gauss-Newton Hessian (2/n) J^T J."""
+    g_train = _per_sample_grads(model, x, y).double()
+    g_test = _per_sample_grads(model, x_test, y_test).double()
+    jac = []
+    for xi in torch.tensor(x):
+        model.zero_grad()
+        model(xi[None]).sum().backward()
+        jac.append(torch.cat([p.grad.reshape(-1) for p in model.parameters()]))
+    jac = torch.stack(jac).double()
+    return g_train, g_test, 2.0 * jac.T @ jac / len(x)
+
+
+@pytest.mark.parametrize("damping", [1e-3, 1e-1])
+@pytest.mark.parametrize("solver", ["explicit", "cg", "lissa"])
+def test_gauss_newton_influence_matches_explicit_inverse(problem, solver, damping):
+    model, x, y, x_test, y_test, leave_out = problem
+    g_train, g_test, gn = _gauss_newton_reference(model, x, y, x_test, y_test, leave_out)
+    eye = torch.eye(gn.shape[0], dtype=torch.float64)
+    expected = (g_train[leave_out] @ torch.linalg.solve(gn + damping * eye, g_test.T)).numpy()
+    if solver == "lissa" and damping < 1e-2:
+        pytest.skip("LiSSA needs ~scale / damping steps to converge; checked at the larger damping")
+    kwargs = {"lissa_depth": 3000, "lissa_scale": 20.0, "lissa_batch": None} if solver == "lissa" else {}
+    est = GaussNewtonInfluence(damping=damping, solver=solver, **kwargs).fit(model, x, y)
+    scores = est.scores(x_test, y_test, leave_out)
+    # float32 Jacobians (vmap vs per-sample autograd) differ by ~1e-7, amplified by 1 / damping
+    np.testing.assert_allclose(scores, expected, rtol=1e-4, atol=1e-5 * np.abs(expected).max())
+    if solver == "cg":
+        # reached the tolerance before the cap (n = 40 steps in exact arithmetic; round-off costs a few more)
+        assert 1 <= est.n_iter_ < est.cg_max_iter
+
+
+def test_minibatch_lissa_is_close_to_the_solve(problem):
+    """Mini-batch GN products make LiSSA stochastic; on average it still solves the damped system."""
+    model, x, y, x_test, y_test, leave_out = problem
+    exact = GaussNewtonInfluence(damping=0.1).fit(model, x, y).scores(x_test, y_test, leave_out)
+    lissa = GaussNewtonInfluence(
+        damping=0.1, solver="lissa", lissa_depth=3000, lissa_scale=20.0, lissa_batch=16, random_state=3
+    )
+    scores = lissa.fit(model, x, y).scores(x_test, y_test, leave_out)
+    assert agreement(scores, exact)["cosine"] > 0.95
+    assert not np.allclose(scores, exact, rtol=1e-3)  # really stochastic
+
+
+def test_gauss_newton_default_damping_is_1000x_mean_squared_gradient(problem):
+    model, x, y, x_test, y_test, leave_out = problem
+    g_train, _, _ = _gauss_newton_reference(model, x, y, x_test, y_test, leave_out)
+    est = GaussNewtonInfluence().fit(model, x, y)
+    assert est.mean_squared_gradient_ == pytest.approx(float((g_train**2).mean()), rel=1e-4)
+    assert est.damping_ == pytest.approx(1000 * est.mean_squared_gradient_)
+    via_api = attribution_scores("gn_cg", model, x, y, x_test, y_test, leave_out)
+    np.testing.assert_allclose(via_api, est.scores(x_test, y_test, leave_out), rtol=1e-6, atol=1e-12)
+
+
+def test_linearised_further_training_limits(problem):
+    """H^{-1}(I - exp(-tH)) against an explicit matrix function; Grad-Dot for small t, IF for large t."""
+    model, x, y, x_test, y_test, leave_out = problem
+    g_train, g_test, gn = _gauss_newton_reference(model, x, y, x_test, y_test, leave_out)
+    est = GaussNewtonInfluence().fit(model, x, y)
+    eigvals, eigvecs = torch.linalg.eigh(gn)
+    eigvals = eigvals.clamp_min(0.0)
+    for t in (0.5, 20.0):
+        filt = torch.where(eigvals * t > 1e-12, -torch.expm1(-t * eigvals) / eigvals.clamp_min(1e-300), t)
+        expected = (g_train[leave_out] @ (eigvecs * filt) @ eigvecs.T @ g_test.T).numpy()
+        got = est.further_training_scores(x_test, y_test, leave_out, t)
+        np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-5 * np.abs(expected).max())
+    grad_dot = (g_train[leave_out] @ g_test.T).numpy()
+    small = est.further_training_scores(x_test, y_test, leave_out, 1e-6) / 1e-6
+    np.testing.assert_allclose(small, grad_dot, rtol=1e-4, atol=1e-6 * np.abs(grad_dot).max())
+    est.damping_ = 1e-9
+    long_run = est.further_training_scores(x_test, y_test, leave_out, 1e9)
+    assert agreement(long_run, est.scores(x_test, y_test, leave_out))["cosine"] > 0.999
+    with pytest.raises(ValueError, match="time"):
+        est.further_training_scores(x_test, y_test, leave_out, 0.0)
+
+
+def test_energy_like_regression_is_standardised_and_reproducible():
+    x_tr, y_tr, x_te, y_te = energy_like_regression(n_train=300, n_test=50, seed=1)
+    assert x_tr.shape == (300, 8) and x_te.shape == (50, 8) and y_tr.shape == (300,) and y_te.shape == (50,)
+    assert x_tr.dtype == np.float32
+    np.testing.assert_allclose(x_tr.mean(0), 0.0, atol=1e-5)
+    np.testing.assert_allclose(x_tr.std(0), 1.0, atol=1e-4)
+    assert abs(y_tr.mean()) < 1e-5 and abs(y_tr.std() - 1.0) < 1e-4
+    again = energy_like_regression(n_train=300, n_test=50, seed=1)
+    np.testing.assert_array_equal(again[0], x_tr)
+    assert np.unique(x_tr[:, 5]).size == 4  # four orientations, as in Energy
+    # near duplicates: designs that differ only in orientation have almost the same (standardised) target
+    keys = np.round(np.delete(x_tr, 5, axis=1), 4)
+    _, group, counts = np.unique(keys, axis=0, return_inverse=True, return_counts=True)
+    spread = [y_tr[group.ravel() == g].std() for g in np.flatnonzero(counts >= 2)]
+    assert len(spread) > 20 and np.median(spread) < 0.05
+    with pytest.raises(ValueError):
+        energy_like_regression(n_train=700, n_test=100)
+
+
+def test_gauss_newton_bad_inputs(problem):
+    model, x, y, x_test, y_test, _ = problem
+    with pytest.raises(ValueError, match="solver"):
+        GaussNewtonInfluence(solver="svd")
+    with pytest.raises(ValueError, match="damping"):
+        GaussNewtonInfluence(damping=-1.0)
+    with pytest.raises(ValueError, match="leave_out"):
+        GaussNewtonInfluence().fit(model, x, y).scores(x_test, y_test, [0, 400])

@@ -139,6 +139,18 @@ class LogisticRegressionVIProblem:
         grad_m, grad_v = self.likelihood_grads(m, v, rows)
         return grad_m + m / self.prior_var, grad_v + 0.5 / self.prior_var - 0.5 / v
 
+    def mean_hessian(self, m: np.ndarray, v: np.ndarray) -> np.ndarray:
+        """Hessian of ``L`` w.r.t. ``m``, shape (d, d): ``X' diag(E_q[sigmoid'(a)]) X + diag(1 / prior_var)``.
+
+        Used to predict the largest stable constant step: ``2 / lambda_max(H)`` for Euclidean descent on ``m``
+        and ``2 / lambda_max(diag(v) H)`` for the natural-gradient (mirror) step near the optimum.
+        """
+        signed, squared, margins, std = self._margins(m, v, None, with_std=True)
+        first_at_nodes = expit(margins) - 1.0
+        curvature = (first_at_nodes @ (self._weights * self._nodes)) / np.maximum(std, 1e-12)
+        prior = np.broadcast_to(self.prior_var, (self.dim,))
+        return (signed * curvature[:, None]).T @ signed + np.diag(1.0 / prior)
+
     def stationary_box(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """``(U, v_lo, v_hi)``, each of shape (d,): a box that contains every stationary point of ``L``.
 
@@ -260,6 +272,13 @@ class MeanFieldGaussianVI:
         self.diverged_ = False
         self.n_projected_ = 0
         self.n_left_family_ = 0
+        # A diverging Euclidean run overflows before the finiteness check stops it: recorded, not warned.
+        with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
+            self._run(problem, m, v, rng, U, box)
+        return self
+
+    def _run(self, problem, m, v, rng, U, box) -> None:
+        """The optimisation loop of :meth:`fit`; sets the fitted attributes."""
         for t in range(1, self.n_iter + 1):
             rows = (
                 None
@@ -288,7 +307,6 @@ class MeanFieldGaussianVI:
         if not np.isfinite(self.final_loss_):
             self.diverged_ = True
             self.final_loss_ = float("inf")
-        return self
 
     @staticmethod
     def _natural_step(problem, m, v, rows, eta, project, U, box):

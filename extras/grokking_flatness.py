@@ -18,16 +18,20 @@ Metrics, all on the training split:
   ``kappa = mean_x ||phi||^2 Tr(W W^T (diag p - p p^T))``;
 * the upper bound ``||W||_F^2 * mean_x ||phi||^2 sum_k p_k (1 - p_k)`` that the authors compute
   (it bounds kappa because the eigenvalues of ``diag p - p p^T`` are at most ``sum_k p_k (1 - p_k)``);
-* neural-collapse metric: mean over class pairs ``(c, c')`` of ``(V_c + V_c') / (2 ||mu_c - mu_c'||^2)`` where
-  ``mu_c`` is the class mean of ``phi`` and ``V_c`` the mean squared distance of a class's features to
-  ``mu_c``. Small = collapsed. Classes with fewer than two training samples are skipped.
+* neural-collapse clustering ("NCC", Galanti et al.; the authors' ``compute_cluster``): mean over pairs of
+  the classes present of ``(V_c + V_c') / (2 ||mu_c - mu_c'||^2)``, ``mu_c`` the class mean of the raw
+  features ``phi`` and ``V_c`` the mean squared distance of a class's features to ``mu_c`` (a class seen once
+  has ``V_c = 0``). Small = collapsed.
 
-Regularisers: ``loss + lambda * NC`` (collapse: rewards tight classes), ``loss - lambda * NC``
-(anti-collapse: rewards spread-out classes) and
-``loss - lambda * kappa`` (anti-flatness: rewards sharp minima), the latter switched off after
-``regularizer_until`` steps. ``reg_form="log"`` uses ``log(NC)`` / ``log(kappa)`` instead (our addition: both
-metrics are unbounded, and with AdamW the linear form lets the regulariser take over once the training loss
-is small, which can kill the ReLU features).
+Regularisers, as the paper (and the authors' code) defines them: linear terms on the training batch's
+penultimate features, nothing detached, no clipping, on from the first step to the end:
+``loss - lambda * NCC`` (anti-collapse; the authors use it on ResNet-18 / CIFAR-10 with SGD, lambda = 1e-3,
+and report that lambda = 1e-2 breaks training), ``loss + lambda * NCC`` (collapse: the sign-flipped mirror;
+the authors' code has no such term) and ``loss - lambda * kappa`` (anti-flatness; the authors' code
+penalises the upper bound above rather than kappa itself). ``regularizer_from`` / ``regularizer_until`` delay
+or end a regulariser (our addition). ``reg_form="log"`` uses ``log(NC)`` / ``log(kappa)`` instead (our
+addition: both metrics are unbounded, and with AdamW the linear form can take over once the training loss
+is small).
 """
 
 from __future__ import annotations
@@ -156,10 +160,21 @@ def flatness_upper_bound(features: torch.Tensor, weight: torch.Tensor) -> torch.
     return weight.pow(2).sum() * (features.pow(2).sum(1) * spread).mean()
 
 
-def collapse_metric(features: torch.Tensor, labels: torch.Tensor, n_classes: int) -> torch.Tensor:
-    """Mean over class pairs of ``(V_c + V_c') / (2 ||mu_c - mu_c'||^2)`` (differentiable).
+def collapse_metric(
+    features: torch.Tensor, labels: torch.Tensor, n_classes: int, detach_distances: bool = False
+) -> torch.Tensor:
+    """Class-distance-normalised variance ("NCC"), differentiable, as the authors compute it.
 
-    features: ``(n, h)``; labels: ``(n,)`` in ``[0, n_classes)``. Classes with < 2 samples are skipped.
+    Mean over ordered pairs ``c != c'`` of the classes present in ``labels`` of
+    ``(V_c + V_c') / (2 ||mu_c - mu_c'||^2)`` on the raw (un-normalised) features, no detach anywhere, with
+    ``V_c`` the mean squared distance of class ``c``'s features to their mean ``mu_c``. A class with a single
+    sample counts with ``V_c = 0`` (as in the authors' code, which evaluates it per mini-batch).
+
+    ``detach_distances=True`` (our variant, not the authors') stops the gradient through the class-mean
+    distances, so that as a regulariser the metric can only move the within-class spread: ``-lambda * NCC``
+    can then not grow by merging class means, the route by which it breaks training.
+
+    features: ``(n, h)``; labels: ``(n,)`` in ``[0, n_classes)``. Returns a scalar tensor (small = collapsed).
     """
     if features.ndim != 2 or labels.shape != (features.shape[0],):
         raise ValueError(
@@ -168,19 +183,24 @@ def collapse_metric(features: torch.Tensor, labels: torch.Tensor, n_classes: int
     if labels.min() < 0 or labels.max() >= n_classes:
         raise ValueError(f"labels must lie in [0, {n_classes})")
     counts = torch.bincount(labels, minlength=n_classes).to(features.dtype)
+    present = counts >= 1
+    if int(present.sum()) < 2:
+        raise ValueError("collapse_metric needs at least two classes present")
     sums = torch.zeros(n_classes, features.shape[1], dtype=features.dtype).index_add_(0, labels, features)
-    present = counts >= 2
-    means = sums[present] / counts[present, None]
     all_means = sums / counts.clamp_min(1.0)[:, None]
     # squared distances to the own class mean (not E||phi||^2 - ||mu||^2, which cancels catastrophically)
     sq = torch.zeros(n_classes, dtype=features.dtype).index_add_(
         0, labels, (features - all_means[labels]).pow(2).sum(1)
     )
+    means = all_means[present]
     variances = sq[present] / counts[present]
-    if means.shape[0] < 2:
-        raise ValueError("collapse_metric needs at least two classes with >= 2 samples")
-    dist = torch.cdist(means, means).pow(2)
+    # squared distances from the difference, not torch.cdist: cdist's backward is NaN at zero distance
+    diff = means[:, None, :] - means[None, :, :]
+    dist = diff.pow(2).sum(-1)
+    if detach_distances:
+        dist = dist.detach()
     rows, cols = torch.triu_indices(means.shape[0], means.shape[0], offset=1)
+    # the ratio is symmetric in (c, c'), so the mean over unordered pairs equals the authors' ordered mean
     ratio = (variances[rows] + variances[cols]) / (2 * dist[rows, cols].clamp_min(1e-12))
     return ratio.mean()
 
@@ -189,7 +209,10 @@ def collapse_metric(features: torch.Tensor, labels: torch.Tensor, n_classes: int
 class GrokkingConfig:
     """One grokking run.
 
-    ``regularizer``: ``None``, ``"collapse"``, ``"anti_collapse"`` or ``"anti_flatness"``.
+    ``regularizer``: ``None``, ``"collapse"``, ``"anti_collapse"`` or ``"anti_flatness"``, active for
+    ``regularizer_from <= step < regularizer_until`` (the paper: from step 0 to the end, the defaults).
+    ``stop_after_generalized``: if set, stop this many steps after the first logged step with validation
+    accuracy ``>= generalized_acc`` (saves time in sweeps that only need the generalisation step).
     """
 
     p: int = 59
@@ -203,12 +226,16 @@ class GrokkingConfig:
     regularizer: str | None = None
     reg_strength: float = 0.0
     regularizer_until: int | None = None
+    regularizer_from: int = 0
     reg_form: str = "linear"
+    nc_detach_distances: bool = False
     architecture: str = "mlp"
     n_layers: int = 1
     n_heads: int = 4
     adam_beta2: float = 0.999
     grad_clip: float | None = None
+    stop_after_generalized: int | None = None
+    generalized_acc: float = 0.9
     seed: int = 0
 
     def __post_init__(self):
@@ -229,8 +256,16 @@ class GrokkingConfig:
             raise ValueError(f"reg_form must be 'linear' or 'log', got {self.reg_form!r}")
         if self.steps < 1 or self.log_every < 1:
             raise ValueError(f"steps and log_every must be >= 1, got {self.steps}, {self.log_every}")
+        if self.regularizer_from < 0:
+            raise ValueError(f"regularizer_from must be >= 0, got {self.regularizer_from}")
         if self.reg_strength < 0:
             raise ValueError(f"reg_strength must be >= 0, got {self.reg_strength}")
+        if self.stop_after_generalized is not None and self.stop_after_generalized < 0:
+            raise ValueError(
+                f"stop_after_generalized must be >= 0 or None, got {self.stop_after_generalized}"
+            )
+        if not 0.0 < self.generalized_acc <= 1.0:
+            raise ValueError(f"generalized_acc must lie in (0, 1], got {self.generalized_acc}")
 
 
 def train_grokking(config: GrokkingConfig, progress: bool = False) -> dict:
@@ -268,11 +303,12 @@ def train_grokking(config: GrokkingConfig, progress: bool = False) -> dict:
         )
     }
     steps = tqdm(range(config.steps + 1), desc="grokking", disable=not progress, leave=False)
+    stop_at = config.steps
     for step in steps:
         feats = model.features(x_tr)
         logits = feats @ model.head.weight.T
         loss = F.cross_entropy(logits, y_tr)
-        if step % config.log_every == 0 or step == config.steps:
+        if step % config.log_every == 0 or step == stop_at:
             with torch.no_grad():
                 model.eval()  # no dropout anywhere; eval() only skips the encoder's training-mode checks
                 val_logits = model(x_va)
@@ -285,12 +321,20 @@ def train_grokking(config: GrokkingConfig, progress: bool = False) -> dict:
                 log["flatness"].append(float(relative_flatness(feats, model.head.weight)))
                 log["flatness_bound"].append(float(flatness_upper_bound(feats, model.head.weight)))
                 log["collapse"].append(float(collapse_metric(feats, y_tr, config.p)))
-        if step == config.steps:
+                if (
+                    config.stop_after_generalized is not None
+                    and stop_at == config.steps
+                    and log["val_acc"][-1] >= config.generalized_acc
+                ):
+                    # the logging condition above also logs the stopping step itself
+                    stop_at = min(config.steps, step + config.stop_after_generalized)
+        if step == stop_at:
             break
         objective = loss
-        if config.regularizer is not None and step < until and config.reg_strength > 0:
+        active = config.regularizer_from <= step < until
+        if config.regularizer is not None and active and config.reg_strength > 0:
             if config.regularizer in ("collapse", "anti_collapse"):
-                metric = collapse_metric(feats, y_tr, config.p)
+                metric = collapse_metric(feats, y_tr, config.p, config.nc_detach_distances)
             else:
                 metric = relative_flatness(feats, model.head.weight)
             if config.reg_form == "log":

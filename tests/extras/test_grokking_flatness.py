@@ -58,6 +58,42 @@ def test_collapse_metric_matches_loop_and_vanishes_at_collapse():
     assert float(collapse_metric(collapsed, torch.tensor(labels), 3)) < 1e-10
 
 
+def test_collapse_metric_counts_singleton_classes_and_has_finite_gradient():
+    # the authors' per-batch NCC keeps a class seen once, with zero variance
+    feats = torch.tensor([[0.0, 0.0], [2.0, 0.0], [5.0, 5.0]], dtype=torch.float64, requires_grad=True)
+    labels = torch.tensor([0, 0, 1])
+    # V_0 = 1, V_1 = 0, mu_0 = (1, 0), mu_1 = (5, 5): (1 + 0) / (2 * 41)
+    value = collapse_metric(feats, labels, 3)
+    assert float(value.detach()) == pytest.approx(1 / 82, rel=1e-12)
+    # two classes with the same mean: the clamped ratio stays finite and so does its gradient
+    same = torch.tensor([[0.0, 1.0], [0.0, -1.0], [0.0, 0.0]], dtype=torch.float64, requires_grad=True)
+    collapse_metric(same, labels, 3).backward()
+    assert torch.isfinite(same.grad).all()
+    value.backward()
+    assert torch.isfinite(feats.grad).all()
+    with pytest.raises(ValueError, match="two classes"):
+        collapse_metric(torch.zeros(3, 2), torch.tensor([1, 1, 1]), 3)
+
+
+def test_detached_distances_leave_only_the_within_class_gradient():
+    gen = torch.Generator().manual_seed(3)
+    feats = torch.randn(12, 3, generator=gen, dtype=torch.float64)
+    labels = torch.arange(12) % 3
+    shift = torch.zeros(12, 3, dtype=torch.float64)
+    shift[labels == 0] = torch.tensor([1.0, -2.0, 0.5], dtype=torch.float64)  # moves class 0's mean only
+
+    def directional(detach: bool) -> float:
+        x = feats.clone().requires_grad_(True)
+        collapse_metric(x, labels, 3, detach_distances=detach).backward()
+        return float((x.grad * shift).sum())
+
+    assert abs(directional(False)) > 1e-3  # moving a class mean changes the distances
+    assert abs(directional(True)) < 1e-12  # with detached distances only the spread gets a gradient
+    torch.testing.assert_close(
+        collapse_metric(feats, labels, 3, detach_distances=True), collapse_metric(feats, labels, 3)
+    )
+
+
 def test_modular_addition_split():
     x_tr, y_tr, x_va, y_va = modular_addition_split(11, 0.3, seed=0)
     assert len(x_tr) == round(0.3 * 121) and len(x_tr) + len(x_va) == 121
@@ -146,3 +182,61 @@ def test_transformer_collapse_regularizer_tightens_classes():
         GrokkingConfig(architecture="rnn")
     with pytest.raises(ValueError, match="grad_clip"):
         GrokkingConfig(grad_clip=0.0)
+
+
+def test_stop_after_generalized_ends_the_run_early():
+    base = dict(p=13, train_fraction=0.5, embed_dim=16, hidden=32, lr=3e-3, steps=200, log_every=20)
+    # any correct validation answer reaches this threshold, so it is met at an early log point
+    log = train_grokking(GrokkingConfig(**base, stop_after_generalized=30, generalized_acc=1e-6))
+    first = first_step_reaching(log, "val_acc", 1e-6)
+    assert log["step"][-1] == first + 30 < 200
+    assert len(log["val_acc"]) == len(log["step"])
+    with pytest.raises(ValueError, match="stop_after_generalized"):
+        GrokkingConfig(stop_after_generalized=-1)
+
+
+def _fake_summary(gen: int | None, nc: float = 0.1, kappa: float = 5.0) -> dict:
+    return {
+        "generalized_step": gen,
+        "collapse_median_mem_to_gen": nc,
+        "flatness_median_mem_to_gen": kappa,
+        "final_train_acc": 1.0,
+    }
+
+
+def test_aggregate_judges_against_the_plain_seed_spread():
+    from emreason.extras.reproduce.grokking_flatness import _aggregate, run_name
+
+    summary = {run_name(None, 0, s): _fake_summary(g) for s, g in zip(range(4), (1000, 1200, 1100, 1300))}
+    summary |= {
+        run_name("collapse", 0.1, 0): _fake_summary(1100, nc=0.05),
+        run_name("collapse", 0.1, 1): _fake_summary(1300, nc=0.05),
+        run_name("anti_collapse", 1e-3, 0): _fake_summary(1600, nc=0.3),  # 1.6x > spread 1.3
+        run_name("anti_collapse", 1e-3, 1): _fake_summary(1900, nc=0.3),
+        run_name("anti_flatness", 1e-2, 0): _fake_summary(None, kappa=50.0),  # >= 3000 / 1000
+        run_name("anti_flatness", 1e-2, 1): _fake_summary(2500, kappa=50.0),  # 2.08x
+    }
+    sweeps = {"collapse": (0.1,), "anti_collapse": (1e-3,), "anti_flatness": (1e-2,)}
+    agg = _aggregate(summary, 3000, (0, 1), (0, 1, 2, 3), sweeps)
+    assert agg["tolerance"]["spread_max_over_min"] == pytest.approx(1.3)
+    by = agg["by_strength"]
+    assert by["collapse 0.1"]["verdict"] == "unchanged"
+    assert by["collapse 0.1"]["step_ratios"] == pytest.approx([1.1, 1300 / 1200])
+    assert by["collapse 0.1"]["nc_median_ratio"] == pytest.approx([0.5, 0.5])
+    assert by["anti_collapse 0.001"]["verdict"] == "changed"
+    assert by["anti_flatness 0.01"]["verdict"] == "delayed"
+    assert by["anti_flatness 0.01"]["ratio_is_lower_bound"] == [True, False]
+    assert by["anti_flatness 0.01"]["kappa_median_ratio"] == pytest.approx([10.0, 10.0])
+
+
+def test_reproduce_quick_writes_results(tmp_path):
+    import json
+
+    from emreason.extras.reproduce.grokking_flatness import main
+
+    result = main(["--quick", "--jobs", "1", "--output", str(tmp_path)])
+    saved = json.loads((tmp_path / "grokking_flatness.json").read_text())
+    assert (tmp_path / "grokking_flatness.png").stat().st_size > 0
+    assert set(saved["summary"]) == set(result["summary"])
+    assert {"plain seed 0", "collapse 0.1 seed 0", "anti_collapse 0.001 seed 0"} <= set(saved["summary"])
+    assert saved["runs"]["plain seed 0"]["step"][-1] == 100

@@ -20,6 +20,11 @@ leaves the steps done so far; the whole run stays under ``--time-limit`` seconds
                    core (``minimize_entropy``) and the vLLM processor's ``apply`` (classic interface)
   emft_memory      EM-FT chunked-entropy step vs a plain SFT step at V = 151,936: peak CUDA memory and time
   compare          the cross-checks: V2 vs classic, vLLM vs the transformers twin, server vs offline
+  trl_colocate     EM-RL (sequence reward) with ``use_vllm=True``, TRL colocate mode, 3 steps on the GPU:
+                   vLLM's rollout log-probs vs the trainer's model recomputed (float64), weights reach vLLM
+  trl_server       the same in TRL server mode: a ``vllm serve`` process built as ``trl vllm-serve`` builds
+                   it (NCCL weight-transfer engine) on GPU 1, the trainer on GPU 0; needs two GPUs (NCCL
+                   cannot put both ranks on one device), skipped with that reason on one
 
 Status per step: ``ok`` (ran, checks passed), ``fail`` (ran, a check failed), ``error`` (raised),
 ``skipped`` (a requirement missing, or no time left), ``planned`` (``--dry-run``). Exit code 0 when no
@@ -69,7 +74,12 @@ LIMITS = {
     "first_logprob_gap": 5e-3,  # nats, first generated position, on the twin's top tokens
     "server_text_agreement": 0.95,  # server vs offline (same default runner)
     "emft_memory_ratio": 1.0,  # EM-FT peak / SFT peak
+    "trl_token_gap": 1e-3,  # nats: vLLM rollout log-prob vs the trainer's model, per token (max)
+    "trl_sequence_reward_gap": 1e-3,  # nats: sequence reward from vLLM log-probs vs recomputed (max)
+    "trl_moved_from_initial": 1e-2,  # nats: after an update, vLLM's log-probs vs the initial model's (min)
 }
+TRL_RUN = REPO / "scripts" / "trl_vllm_run.py"
+TRL_STEPS = 3
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -315,7 +325,10 @@ def probe_available() -> dict[str, bool]:
         "vllm": importlib.util.find_spec("vllm") is not None,
         "openai": importlib.util.find_spec("openai") is not None,
         "transformers": importlib.util.find_spec("transformers") is not None,
+        "trl": importlib.util.find_spec("trl") is not None,
         "device": bool(torch.cuda.is_available()),  # what hf_twin / vLLM steps run on (cuda, or --cpu-smoke)
+        # TRL server mode: the server's NCCL rank needs a GPU of its own.
+        "two_gpus": torch.cuda.is_available() and torch.cuda.device_count() >= 2,
     }
 
 
@@ -492,6 +505,21 @@ def server_command(ctx: Context, port: int) -> list[str]:
     return command + ([] if ctx.args.cuda_graphs else ["--enforce-eager"])
 
 
+def _wait_healthy(server: subprocess.Popen, port: int, deadline: float, log_path: Path) -> None:
+    """Until the server on ``port`` answers /health; raise if it exits or the deadline passes."""
+    while True:
+        if server.poll() is not None:
+            tail = "\n".join(log_path.read_text(errors="replace").splitlines()[-30:])
+            raise RuntimeError(f"server exited with {server.returncode}:\n{tail}")
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"server not ready within the step budget; log {log_path}")
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2):
+                return
+        except OSError:
+            time.sleep(1)
+
+
 def step_vllm_serve(ctx: Context, budget: float) -> dict:
     import openai
     from emreason.evals.backends import GenerationConfig
@@ -506,17 +534,7 @@ def step_vllm_serve(ctx: Context, budget: float) -> dict:
                                   start_new_session=True)  # fmt: skip
     try:
         began = time.monotonic()
-        while True:
-            if server.poll() is not None:
-                tail = "\n".join(log_path.read_text(errors="replace").splitlines()[-30:])
-                raise RuntimeError(f"server exited with {server.returncode}:\n{tail}")
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"server not ready within the step budget; log {log_path}")
-            try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2):
-                    break
-            except OSError:
-                time.sleep(1)
+        _wait_healthy(server, port, deadline, log_path)
         out: dict[str, Any] = {"startup_s": round(time.monotonic() - began, 2), "modes": {}}
         client = openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="none", max_retries=0)
         prompts = _prompts(ctx.workdir)
@@ -644,6 +662,97 @@ def step_emft_memory(ctx: Context, budget: float) -> dict:
     return out
 
 
+# ----------------------------------------------------------------------------------------------------
+# TRL with vLLM generation (use_vllm=True): colocate on one GPU, server mode on two
+# ----------------------------------------------------------------------------------------------------
+def trl_run_command(ctx: Context, out: Path, mode: str, server_url: str | None = None) -> list[str]:
+    """``scripts/trl_vllm_run.py`` (EM-RL, sequence reward) on CUDA, as the vLLM CPU suite runs it."""
+    command = [
+        sys.executable, str(TRL_RUN), "em_rl_sequence", str(out), "--model-dir", str(ctx.model),
+        "--steps", str(TRL_STEPS), "--learning-rate", "3e-4", "--max-completion-length", "48",
+        "--device", "cuda", "--vllm-mode", mode, "--vllm-dtype", "float32",
+        "--vllm-gpu-memory-utilization", str(ctx.args.gpu_memory_utilization),
+    ]  # fmt: skip
+    return command + (["--server-url", server_url] if server_url else [])
+
+
+def trl_server_command(ctx: Context, port: int) -> list[str]:
+    """The server ``trl vllm-serve`` starts (TRL's own builder: NCCL weight transfer, processed logprobs)."""
+    from trl.scripts.vllm_serve import ScriptArguments, build_command
+
+    script_args = ScriptArguments(
+        model=str(ctx.model), host="127.0.0.1", port=port, dtype="float32",
+        gpu_memory_utilization=ctx.args.gpu_memory_utilization,
+        max_model_len=ctx.max_model_len or ctx.args.max_model_len, enforce_eager=not ctx.args.cuda_graphs,
+    )  # fmt: skip
+    return build_command(script_args)
+
+
+def trl_checks(run: dict) -> dict:
+    """The pass criteria of a ``trl_vllm_run.py`` result (what the CPU suite asserts, in numbers)."""
+    rollouts = run["rollouts"]
+    token_gap = max(r["max_token_gap"] for r in rollouts)
+    reward_gap = max(
+        abs(a - b) for r in rollouts for a, b in zip(r["vllm_sequence_rewards"], r["hf_sequence_rewards"])
+    )
+    moved = min((r["max_token_gap_vs_initial"] for r in rollouts[1:]), default=0.0)
+    return {
+        "steps": {"value": len(run["losses"]), "limit": TRL_STEPS, "passed": len(run["losses"]) == TRL_STEPS},
+        "token_gap": check(token_gap, LIMITS["trl_token_gap"], False),
+        "sequence_reward_gap": check(reward_gap, LIMITS["trl_sequence_reward_gap"], False),
+        "weights_reached_vllm": check(moved, LIMITS["trl_moved_from_initial"], True),
+    }
+
+
+def _run_trl(ctx: Context, command: list[str], env: dict, budget: float, name: str) -> dict:
+    log = ctx.workdir / f"{name}.log"
+    with open(log, "w") as stream:
+        process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=stream, text=True,
+                                   env={**os.environ, **env}, start_new_session=True)  # fmt: skip
+        try:
+            out, _ = process.communicate(timeout=budget)
+        except subprocess.TimeoutExpired:
+            _kill_group(process)
+            raise TimeoutError(f"{name} ran past its {budget:.0f} s budget; log: {log}") from None
+    if process.returncode != 0:
+        tail = "\n".join(log.read_text(errors="replace").splitlines()[-30:])
+        raise RuntimeError(f"{name} exited with {process.returncode}; log {log}:\n{tail}")
+    run = json.loads(out.strip().splitlines()[-1])
+    summary = {k: run[k] for k in ("vllm_mode", "vllm_dtype", "losses", "weights_moved")}
+    summary["rollouts"] = [
+        {k: r[k] for k in ("step", "max_token_gap", "max_token_gap_vs_initial", "model_change", "lengths")}
+        for r in run["rollouts"]
+    ]
+    return summary | {"checks": trl_checks(run)}
+
+
+def step_trl_colocate(ctx: Context, budget: float) -> dict:
+    out = ctx.workdir / "trl_colocate"
+    env = {"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(_free_port()), "CUDA_VISIBLE_DEVICES": "0"}
+    return _run_trl(ctx, trl_run_command(ctx, out, "colocate"), env, budget, "trl_colocate")
+
+
+def step_trl_server(ctx: Context, budget: float) -> dict:
+    deadline = time.monotonic() + budget
+    port = _free_port()
+    log_path = ctx.workdir / "trl_server.log"
+    env = {**os.environ, "VLLM_SERVER_DEV_MODE": "1", "CUDA_VISIBLE_DEVICES": "1"}
+    with open(log_path, "w") as log:
+        server = subprocess.Popen(trl_server_command(ctx, port), stdout=log, stderr=subprocess.STDOUT,
+                                  env=env, start_new_session=True)  # fmt: skip
+    try:
+        began = time.monotonic()
+        _wait_healthy(server, port, deadline, log_path)
+        startup = round(time.monotonic() - began, 2)
+        out = ctx.workdir / "trl_server_run"
+        command = trl_run_command(ctx, out, "server", f"http://127.0.0.1:{port}")
+        result = _run_trl(ctx, command, {"CUDA_VISIBLE_DEVICES": "0"}, max(deadline - time.monotonic(), 1.0),
+                          "trl_server_trainer")  # fmt: skip
+        return {"server_startup_s": startup, **result}
+    finally:
+        _kill_group(server)
+
+
 def _agreement(a: list, b: list) -> float:
     return sum(x == y for x, y in zip(a, b)) / max(len(a), 1) if len(a) == len(b) else float("nan")
 
@@ -706,22 +815,42 @@ def build_plan() -> list[Step]:
             importlib.import_module(module)
         return {"imported": modules}
 
+    def dry_trl(mode: str) -> Callable[[Context], dict]:
+        def plan(ctx: Context) -> dict:
+            if ctx.model is None:
+                ctx.model = resolve_model(ctx.args.model)
+            url = "http://127.0.0.1:8000" if mode == "server" else None
+            info: dict[str, Any] = {"trainer_command": trl_run_command(ctx, ctx.workdir / mode, mode, url)}
+            if not TRL_RUN.is_file():
+                raise FileNotFoundError(TRL_RUN)
+            if mode == "server" and ctx.available.get("trl"):
+                info["server_command"] = trl_server_command(ctx, 8000)
+            return info
+
+        return plan
+
     return [
         Step("environment", 15, (), step_environment, "versions, GPU, Triton",
              dry=lambda c: step_environment(c, 15)),
         Step("prepare", 45, (), step_prepare, "model folder and chat-rendered prompts", dry=dry_prepare),
         Step("hf_twin", 45, ("device",), step_hf_twin, "transformers greedy, with/without EM-INF",
              dry=dry_imports),
-        Step("vllm_default", 100, ("device", "vllm"), step_vllm(None),
+        Step("vllm_default", 80, ("device", "vllm"), step_vllm(None),
              "offline LLM, vLLM's own runner choice (V2 with Triton)"),
-        Step("vllm_classic", 100, ("device", "vllm"), step_vllm("0"),
+        Step("vllm_classic", 75, ("device", "vllm"), step_vllm("0"),
              "offline LLM, VLLM_USE_V2_MODEL_RUNNER=0 (classic runner)"),
-        Step("vllm_serve", 120, ("device", "vllm", "openai"), step_vllm_serve,
+        Step("vllm_serve", 95, ("device", "vllm", "openai"), step_vllm_serve,
              "api_server (= vllm serve) + vllm_xargs + the eval server backend"),
-        Step("processor_timing", 35, ("cuda",), step_processor_timing,
+        Step("processor_timing", 30, ("cuda",), step_processor_timing,
              "EM-INF per decode step at V=151,936, B=1/64, softmax-equivalents"),
-        Step("emft_memory", 50, ("cuda",), step_emft_memory, "EM-FT vs SFT peak memory at V=151,936"),
+        Step("emft_memory", 45, ("cuda",), step_emft_memory, "EM-FT vs SFT peak memory at V=151,936"),
         Step("compare", 5, (), step_compare, "V2 vs classic, vLLM vs twin, server vs offline"),
+        Step("trl_colocate", 60, ("cuda", "vllm", "trl"), step_trl_colocate,
+             "EM-RL use_vllm colocate, 3 steps: rollout log-probs vs HF, weight sync",
+             dry=dry_trl("colocate")),
+        Step("trl_server", 75, ("two_gpus", "vllm", "trl"), step_trl_server,
+             "EM-RL use_vllm server (trl vllm-serve on GPU 1, NCCL sync), 3 steps",
+             dry=dry_trl("server")),
     ]  # fmt: skip
 
 

@@ -15,7 +15,7 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 STEPS = [
     "environment", "prepare", "hf_twin", "vllm_default", "vllm_classic", "vllm_serve",
-    "processor_timing", "emft_memory", "compare",
+    "processor_timing", "emft_memory", "compare", "trl_colocate", "trl_server",
 ]  # fmt: skip
 
 
@@ -32,7 +32,7 @@ def test_dry_run_plans_every_step_within_ten_minutes(tmp_path):
     result = subprocess.run(
         ["bash", str(REPO / "scripts" / "gpu_check.sh"), "--dry-run", "--output", str(report_path),
          "--workdir", str(tmp_path / "work")],  # fmt: skip
-        capture_output=True, text=True, timeout=300, env={**os.environ, "PYTHON": sys.executable},
+        capture_output=True, text=True, timeout=900, env={**os.environ, "PYTHON": sys.executable},
     )  # fmt: skip
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     report = json.loads(report_path.read_text())
@@ -49,6 +49,17 @@ def test_dry_run_plans_every_step_within_ten_minutes(tmp_path):
     assert json.loads((tmp_path / "work" / "prompts.json").read_text())["token_ids"]
     assert steps["hf_twin"]["dry_run"]["imported"]
     assert "cuda" in steps["processor_timing"]["would_skip_for"] or steps["environment"]["dry_run"].get("gpu")
+    # TRL use_vllm: the trainer command runs the same script as the vLLM CPU suite; server mode is planned
+    # with the server command TRL itself builds (NCCL weight transfer) and needs two GPUs.
+    for mode in ("colocate", "server"):
+        command = steps[f"trl_{mode}"]["dry_run"]["trainer_command"]
+        assert command[1].endswith("scripts/trl_vllm_run.py") and Path(command[1]).is_file()
+        assert command[command.index("--vllm-mode") + 1] == mode and "--device" in command
+    assert "--server-url" in steps["trl_server"]["dry_run"]["trainer_command"]
+    server = steps["trl_server"]["dry_run"]["server_command"]
+    assert "serve" in server and '{"backend": "nccl"}' in server and "float32" in server
+    if not steps["environment"]["dry_run"].get("gpu", {}).get("count", 0) >= 2:
+        assert "two_gpus" in steps["trl_server"]["would_skip_for"]
 
 
 def test_wrapper_rejects_a_bad_time_limit():

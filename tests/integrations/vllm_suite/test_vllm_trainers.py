@@ -3,7 +3,7 @@
 Runs inside ``.venv-vllm`` with TRL installed (driven by ``tests/integrations/test_vllm.py``) on the
 Qwen2.5-format fixture (`emreason.toy.qwen_format_path()`: Qwen2, byte-level BPE, ChatML, vocabulary
 151,936) with conversational prompts rendered by its chat template. Each method runs
-``trl_colocate_run.py`` in its own process (one vLLM engine per process), the three in parallel.
+``scripts/trl_vllm_run.py`` in its own process (one vLLM engine per process), the three in parallel.
 Checks: 3 optimizer steps with finite losses; the prompts vLLM received are the chat template's; the
 completions stop at ``<|im_end|>``; every rollout's vLLM log-probabilities equal the trainer's own
 model's (recomputed, float64 softmax) within 1e-3 nats per token, and the sequence rewards (sums) within
@@ -26,7 +26,7 @@ import pytest
 pytest.importorskip("trl")
 pytestmark = pytest.mark.slow
 
-SCRIPT = Path(__file__).resolve().parent / "trl_colocate_run.py"
+SCRIPT = Path(__file__).resolve().parents[3] / "scripts" / "trl_vllm_run.py"
 METHODS = ("em_rl_sequence", "em_rl_token", "em_ft")
 STEPS = 3
 TOKEN_GAP = 1e-3  # nats, per token

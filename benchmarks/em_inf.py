@@ -5,10 +5,14 @@
     python benchmarks/em_inf.py --output benchmarks/results/em_inf.json
     .venv-vllm/bin/python benchmarks/em_inf.py --no-core --no-server --vllm-processor   # vLLM section
 
-Prints one JSON object. ``processor``: per batch size, the median wall time of one ``minimize_entropy``
-call with every row doing all ``steps`` Adam steps (threshold 0: the worst case), of one softmax over the
-same ``[B, V]`` float32 tensor, and their ratio, overall and per Adam step (goal: <= 3 softmax-equivalents
-per step). ``server``: generated tokens/s of a vLLM server (``.venv-vllm``, toy model) for the same
+    OMP_NUM_THREADS=1 python benchmarks/em_inf.py --no-server --fused compile   # + the fused core
+
+Prints one JSON object. ``processor``: per batch size, the median time (CPU time on CPU, synchronized
+wall time on GPUs) of one ``minimize_entropy`` call with every row doing all ``steps`` Adam steps
+(threshold 0: the worst case), eager and with each ``--fused`` backend, and of one softmax over the same
+``[B, V]`` float32 tensor, measured interleaved round by round, and their ratios, overall and per Adam
+step (goal: <= 5 softmax-equivalents per step at B = 1, <= 3 at B >= 8; fused keys are suffixed with
+the backend). ``server``: generated tokens/s of a vLLM server (``.venv-vllm``, toy model) for the same
 concurrent requests without and with ``em_inf``, and the slowdown. ``vllm_processor`` (only with
 ``--vllm-processor``, inside ``.venv-vllm``): the vLLM processor's ``apply`` per decode step on both runner
 interfaces (hand-made classic batch / V2 context) for a mixed batch (off, EM-INF defaults, adaptive
@@ -32,6 +36,7 @@ from pathlib import Path
 
 import torch
 
+from emreason import em_inf_fused
 from emreason.em_inf import EMInfConfig, EMInfWorkspace, minimize_entropy
 
 REPO = Path(__file__).resolve().parents[1]
@@ -59,31 +64,65 @@ def median_seconds(fn, device: torch.device, repeats: int, warmup: int = 2, cloc
     return sorted(times)[len(times) // 2]
 
 
+def interleaved_medians(fns: dict, device: torch.device, repeats: int, warmup: int = 2, clock=None) -> dict:
+    """Median time of each ``fns[name]()``, measured in turn within every round (so drifting load on a
+    shared machine hits them alike): CPU time of this process on CPU, synchronized wall time on GPUs."""
+    if clock is None:
+        clock = time.process_time if device.type == "cpu" else time.perf_counter
+    for fn in fns.values():
+        for _ in range(warmup):
+            fn()
+    _sync(device)
+    times: dict[str, list[float]] = {name: [] for name in fns}
+    for _ in range(repeats):
+        for name, fn in fns.items():
+            start = clock()
+            fn()
+            _sync(device)
+            times[name].append(clock() - start)
+    return {name: sorted(values)[len(values) // 2] for name, values in times.items()}
+
+
 def bench_processor(
-    batch_sizes: list[int], vocab: int, device: torch.device, repeats: int, steps: int
+    batch_sizes: list[int],
+    vocab: int,
+    device: torch.device,
+    repeats: int,
+    steps: int,
+    fused: tuple[str, ...] = (),
 ) -> list[dict]:
+    """Softmax, the eager core and each fused backend in ``fused``, interleaved per batch size."""
     config = EMInfConfig(steps=steps, threshold=0.0)
     workspace = EMInfWorkspace()  # reused across calls, as the integrations do
+    compile_s = {}
+    for backend in fused:  # compile before timing; report how long the first calls took
+        start = time.perf_counter()
+        em_inf_fused.warmup(backend, device)
+        compile_s[backend] = round(time.perf_counter() - start, 1)
     rows = []
     for batch in batch_sizes:
         gen = torch.Generator(device="cpu").manual_seed(batch)
         logits = (torch.randn(batch, vocab, generator=gen) * 3).to(device)
-        with torch.inference_mode():
-            softmax_s = median_seconds(lambda x=logits: torch.softmax(x, dim=-1), device, repeats)
-            em_s = median_seconds(
-                lambda x=logits: minimize_entropy(x, config, workspace=workspace), device, repeats
+        fns = {
+            "softmax": lambda x=logits: torch.softmax(x, dim=-1),
+            "eager": lambda x=logits: minimize_entropy(x, config, workspace=workspace, fused="off"),
+        }
+        for backend in fused:
+            fns[backend] = lambda x=logits, b=backend: minimize_entropy(
+                x, config, workspace=workspace, fused=b, fused_fallback=False
             )
-        rows.append(
-            {
-                "batch": batch,
-                "vocab": vocab,
-                "steps": steps,
-                "softmax_ms": round(softmax_s * 1e3, 4),
-                "em_inf_ms": round(em_s * 1e3, 4),
-                "softmax_equivalents": round(em_s / softmax_s, 2),
-                "softmax_equivalents_per_adam_step": round(em_s / softmax_s / steps, 2),
-            }
-        )
+        with torch.inference_mode():
+            seconds = interleaved_medians(fns, device, repeats)
+        softmax_s = seconds.pop("softmax")
+        row = {"batch": batch, "vocab": vocab, "steps": steps, "softmax_ms": round(softmax_s * 1e3, 4)}
+        for name, value in seconds.items():
+            suffix = "" if name == "eager" else f"_{name}"  # eager keeps the earlier key names
+            row[f"em_inf{suffix}_ms"] = round(value * 1e3, 4)
+            row[f"softmax_equivalents{suffix}"] = round(value / softmax_s, 2)
+            row[f"softmax_equivalents_per_adam_step{suffix}"] = round(value / softmax_s / steps, 2)
+        if compile_s:
+            row["first_call_compile_s"] = compile_s
+        rows.append(row)
     return rows
 
 
@@ -238,6 +277,10 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--repeats", type=int, default=7)
     parser.add_argument("--core", action=argparse.BooleanOptionalAction, default=True)
+    parser.add_argument(
+        "--fused", nargs="*", default=[], choices=["compile", "triton"],
+        help="also time these fused backends (compiled before timing), interleaved with eager",
+    )  # fmt: skip
     parser.add_argument("--vllm-processor", action=argparse.BooleanOptionalAction, default=False)
     parser.add_argument("--server", action=argparse.BooleanOptionalAction, default=True)
     parser.add_argument("--venv", type=Path, default=REPO / ".venv-vllm")
@@ -256,7 +299,9 @@ def main(argv: list[str] | None = None) -> dict:
         "torch_threads": torch.get_num_threads(),
     }
     if args.core:
-        result["processor"] = bench_processor(args.batch_sizes, args.vocab, device, args.repeats, args.steps)
+        result["processor"] = bench_processor(
+            args.batch_sizes, args.vocab, device, args.repeats, args.steps, tuple(args.fused)
+        )
     if args.vllm_processor:
         result["vllm_processor"] = bench_vllm_processor(args.batch_sizes, args.vocab, device, args.repeats)
     if args.server:

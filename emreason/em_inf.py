@@ -31,6 +31,7 @@ from dataclasses import asdict, dataclass, fields
 
 import torch
 
+from emreason import em_inf_fused
 from emreason.entropy import token_entropy
 
 __all__ = [
@@ -186,6 +187,8 @@ def minimize_entropy(
     early_exit: bool = True,
     invalid_params: str = "raise",
     out: torch.Tensor | None = None,
+    fused: str | bool | None = None,
+    fused_fallback: bool = True,
 ) -> torch.Tensor:
     """EM-INF on a batch of next-token logits, each row with its own parameters.
 
@@ -206,6 +209,12 @@ def minimize_entropy(
             is NaN, infinite or negative, or whose result is not finite, is returned unchanged (upcast);
             nothing is checked on the host.
         out: optional ``[B, V]`` tensor of the result dtype to write the result into (not ``logits``).
+        fused: run the Adam steps in two fused passes per step (`emreason.em_inf_fused`): ``"compile"``
+            (torch.compile), ``"triton"`` (CUDA), ``"auto"``/True, ``"off"``/False; None (default) reads
+            the ``EMREASON_EM_INF_FUSED`` environment variable, which defaults to off. Same results up to
+            float rounding; the first call of each kind may compile for tens of seconds.
+        fused_fallback: when the fused backend cannot run, warn once and use the eager loop (default);
+            False raises `emreason.em_inf_fused.FusedUnavailable` instead.
 
     Returns:
         ``[B, V]`` optimized logits, float32 (float64 for float64 input): ``out``, or a new tensor. Masked
@@ -261,14 +270,28 @@ def minimize_entropy(
         run_steps = int(steps_t.max().item()) if batch else 0
     if not batch or run_steps == 0:
         return z
-    if early_exit:
-        _minimize_early_exit(z, logits, steps_t, lr_t, threshold_t, kl_t, params_ok, run_steps, workspace)
-    else:
-        _minimize_fixed(z, logits, steps_t, lr_t, threshold_t, kl_t, params_ok, run_steps, workspace, skip)
+    backend = em_inf_fused.resolve_backend(fused, device)
+    args = (z, logits, steps_t, lr_t, threshold_t, kl_t, params_ok, run_steps, workspace)
+    try:
+        if early_exit:
+            _minimize_early_exit(*args, backend=backend)
+        else:
+            _minimize_fixed(*args, skip, backend=backend)
+    except em_inf_fused.FusedUnavailable as error:
+        if not fused_fallback:
+            raise
+        em_inf_fused.warn_fallback(error)
+        z.copy_(logits)  # the fused loop may have moved z before failing: start again
+        if early_exit:
+            _minimize_early_exit(*args, backend="off")
+        else:
+            _minimize_fixed(*args, skip, backend="off")
     return z
 
 
-def _minimize_early_exit(z, logits, steps_t, lr_t, threshold_t, kl_t, params_ok, run_steps, workspace):
+def _minimize_early_exit(
+    z, logits, steps_t, lr_t, threshold_t, kl_t, params_ok, run_steps, workspace, *, backend="off"
+):
     """The loop with host-side shortcuts: skips mask passes when nothing is masked, stops when all stop."""
     dtype = z.dtype
     ok = valid_rows(z)
@@ -284,7 +307,9 @@ def _minimize_early_exit(z, logits, steps_t, lr_t, threshold_t, kl_t, params_ok,
     all_ok = bool(ok.all())
     if not all_ok:
         z[~ok] = floor
-    _adam_loop(z, steps_t, lr_t, threshold_t, kl_t, ok, run_steps, workspace, early_exit=True)
+    _adam_loop(
+        z, steps_t, lr_t, threshold_t, kl_t, ok, run_steps, workspace, early_exit=True, backend=backend
+    )
     if any_masked:
         z.masked_fill_(masked, float("-inf"))
     if params_ok is not None:  # "skip": a row whose result is not finite comes back unchanged
@@ -295,7 +320,9 @@ def _minimize_early_exit(z, logits, steps_t, lr_t, threshold_t, kl_t, params_ok,
         z[bad] = logits[bad].to(dtype)
 
 
-def _minimize_fixed(z, logits, steps_t, lr_t, threshold_t, kl_t, params_ok, run_steps, workspace, skip):
+def _minimize_fixed(
+    z, logits, steps_t, lr_t, threshold_t, kl_t, params_ok, run_steps, workspace, skip, *, backend="off"
+):
     """The same computation with masks only: no value is read back from the device."""
     dtype = z.dtype
     ok = valid_rows(z)
@@ -306,15 +333,23 @@ def _minimize_fixed(z, logits, steps_t, lr_t, threshold_t, kl_t, params_ok, run_
     z.masked_fill_(masked, floor)
     ok_col = ok.unsqueeze(-1)
     z.masked_fill_(~ok_col, floor)  # a constant row: harmless arithmetic, restored below
-    _adam_loop(z, steps_t, lr_t, threshold_t, kl_t, ok, run_steps, workspace, early_exit=False)
+    _adam_loop(
+        z, steps_t, lr_t, threshold_t, kl_t, ok, run_steps, workspace, early_exit=False, backend=backend
+    )
     z.masked_fill_(masked, float("-inf"))
     if skip:
         ok_col = (ok & valid_rows(z)).unsqueeze(-1)
     torch.where(ok_col, z, logits.to(dtype), out=z)
 
 
-def _adam_loop(z, steps_t, lr_t, threshold_t, kl_t, ok, run_steps, workspace, *, early_exit: bool) -> None:
+def _adam_loop(
+    z, steps_t, lr_t, threshold_t, kl_t, ok, run_steps, workspace, *, early_exit: bool, backend: str = "off"
+) -> None:
     """Up to ``run_steps`` closed-form Adam steps on ``z`` in place; rows outside ``ok`` never move."""
+    if backend != "off":
+        args = (z, steps_t, lr_t, threshold_t, kl_t, ok, run_steps, workspace)
+        em_inf_fused.adam_loop(*args, early_exit=early_exit, backend=backend)
+        return
     workspace = workspace if workspace is not None else EMInfWorkspace()
     # neg_d: z - max z, then -e*d, then the negated gradient; p: e = exp(z - max z), then Adam's
     # normalized update; exp_avg tracks the NEGATED gradient's first moment.

@@ -344,11 +344,13 @@ def warmup(
     backend: str = "compile",
     device: torch.device | str = "cpu",
     dtypes: tuple[torch.dtype, ...] = (torch.float32,),
-    vocab: int = 64,
+    vocab: int = 151_936,
 ) -> None:
     """Compile ahead of time (e.g. before a server takes requests): batch sizes 1 and 2 for each dtype,
-    under inference mode and no_grad. With ``dynamic=True`` the compiled code then serves every batch size and
-    vocabulary size of those dtypes without compiling again. Raises `FusedUnavailable` on failure."""
+    under inference mode and no_grad (their tensors differ to torch's guards). With ``dynamic=True`` the
+    compiled code then serves every batch size of those dtypes without compiling again, and every
+    vocabulary size above 4096 (inductor's reduction code guards on ``V <= 4096`` vs larger): pass the
+    model's ``vocab``. Raises `FusedUnavailable` on failure."""
     from emreason.em_inf import EMInfConfig, minimize_entropy
 
     device = torch.device(device)

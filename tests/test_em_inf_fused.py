@@ -128,3 +128,17 @@ def test_compiled_core_matches_float64():
     check_against_float64(z, "compile", steps=3)
     for row in (0, 4):
         check_against_float64(z[row : row + 1].clone(), "compile", steps=10)
+    # No reads from the device with early_exit=False (what a serving engine relies on). The counter
+    # patches tensor methods, which makes dynamo trace again once (and read constants while tracing).
+    from emreason.integrations.host_syncs import count_host_syncs
+
+    logits = torch.randn(6, 5000, generator=torch.Generator().manual_seed(2)) * 3
+    params = {"steps": torch.tensor([0, 1, 3, 5, 3, 2]), "threshold": torch.full((6,), 0.2)}
+    kwargs = {"early_exit": False, "max_steps": 5, "invalid_params": "skip"}
+    expected = minimize_entropy(logits, **params, **kwargs)
+    with count_host_syncs():
+        minimize_entropy(logits, **params, **kwargs, fused="compile", fused_fallback=False)
+    with count_host_syncs() as counter:
+        got = minimize_entropy(logits, **params, **kwargs, fused="compile", fused_fallback=False)
+    assert counter.count == 0, counter.calls
+    torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)

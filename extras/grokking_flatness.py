@@ -28,14 +28,17 @@ penultimate features, nothing detached, no clipping, on from the first step to t
 ``loss - lambda * NCC`` (anti-collapse; the authors use it on ResNet-18 / CIFAR-10 with SGD, lambda = 1e-3,
 and report that lambda = 1e-2 breaks training), ``loss + lambda * NCC`` (collapse: the sign-flipped mirror;
 the authors' code has no such term) and ``loss - lambda * kappa`` (anti-flatness; the authors' code
-penalises the upper bound above rather than kappa itself). ``regularizer_from`` / ``regularizer_until`` delay
-or end a regulariser (our addition). ``reg_form="log"`` uses ``log(NC)`` / ``log(kappa)`` instead (our
-addition: both metrics are unbounded, and with AdamW the linear form can take over once the training loss
-is small).
+penalises the upper bound above rather than kappa itself).
+
+Our additions: ``regularizer_from`` / ``regularizer_until`` delay or end a regulariser; ``reg_cap`` clamps the
+metric from above (``-lambda * min(NCC, cap)`` is bounded); ``nc_detach_distances`` stops the gradient
+through the class-mean distances; ``reg_form="log"`` uses ``log(NC)`` / ``log(kappa)``. Both metrics are
+unbounded above, and with AdamW the linear anti-collapse term either does nothing or runs away.
 """
 
 from __future__ import annotations
 
+import time
 from dataclasses import asdict, dataclass
 
 import numpy as np
@@ -213,6 +216,8 @@ class GrokkingConfig:
     ``regularizer_from <= step < regularizer_until`` (the paper: from step 0 to the end, the defaults).
     ``stop_after_generalized``: if set, stop this many steps after the first logged step with validation
     accuracy ``>= generalized_acc`` (saves time in sweeps that only need the generalisation step).
+    ``abort_below_train_acc``: if set, stop at the first logged step ``>= abort_after`` whose training
+    accuracy is below it (a run the regulariser has broken; it would not recover in the budget).
     """
 
     p: int = 59
@@ -229,6 +234,7 @@ class GrokkingConfig:
     regularizer_from: int = 0
     reg_form: str = "linear"
     nc_detach_distances: bool = False
+    reg_cap: float | None = None
     architecture: str = "mlp"
     n_layers: int = 1
     n_heads: int = 4
@@ -236,6 +242,8 @@ class GrokkingConfig:
     grad_clip: float | None = None
     stop_after_generalized: int | None = None
     generalized_acc: float = 0.9
+    abort_below_train_acc: float | None = None
+    abort_after: int = 1000
     seed: int = 0
 
     def __post_init__(self):
@@ -256,6 +264,8 @@ class GrokkingConfig:
             raise ValueError(f"reg_form must be 'linear' or 'log', got {self.reg_form!r}")
         if self.steps < 1 or self.log_every < 1:
             raise ValueError(f"steps and log_every must be >= 1, got {self.steps}, {self.log_every}")
+        if self.reg_cap is not None and not self.reg_cap > 0:
+            raise ValueError(f"reg_cap must be positive or None, got {self.reg_cap}")
         if self.regularizer_from < 0:
             raise ValueError(f"regularizer_from must be >= 0, got {self.regularizer_from}")
         if self.reg_strength < 0:
@@ -269,7 +279,9 @@ class GrokkingConfig:
 
 
 def train_grokking(config: GrokkingConfig, progress: bool = False) -> dict:
-    """Train one model; returns the config and logged curves (step, accuracies, losses, metrics)."""
+    """Train one model; returns the config, logged curves (step, accuracies, losses, metrics) and the CPU
+    seconds of this process spent on it."""
+    cpu_start = time.process_time()
     x_tr, y_tr, x_va, y_va = modular_addition_split(config.p, config.train_fraction, config.seed)
     if config.architecture == "transformer":
         model = ModularTransformer(
@@ -328,6 +340,12 @@ def train_grokking(config: GrokkingConfig, progress: bool = False) -> dict:
                 ):
                     # the logging condition above also logs the stopping step itself
                     stop_at = min(config.steps, step + config.stop_after_generalized)
+                if (
+                    config.abort_below_train_acc is not None
+                    and step >= config.abort_after
+                    and log["train_acc"][-1] < config.abort_below_train_acc
+                ):
+                    stop_at = step
         if step == stop_at:
             break
         objective = loss
@@ -337,6 +355,10 @@ def train_grokking(config: GrokkingConfig, progress: bool = False) -> dict:
                 metric = collapse_metric(feats, y_tr, config.p, config.nc_detach_distances)
             else:
                 metric = relative_flatness(feats, model.head.weight)
+            if config.reg_cap is not None:
+                # bounded variant: no gradient once the metric is above the cap, so -lambda * metric
+                # cannot run away (our addition)
+                metric = metric.clamp_max(config.reg_cap)
             if config.reg_form == "log":
                 metric = torch.log(metric.clamp_min(1e-12))
             sign = 1.0 if config.regularizer == "collapse" else -1.0
@@ -346,7 +368,7 @@ def train_grokking(config: GrokkingConfig, progress: bool = False) -> dict:
         if config.grad_clip is not None:
             nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
         optimizer.step()
-    return {"config": asdict(config), **log}
+    return {"config": asdict(config), **log, "cpu_seconds": time.process_time() - cpu_start}
 
 
 def first_step_reaching(log: dict, key: str, threshold: float) -> int | None:

@@ -215,8 +215,10 @@ def test_aggregate_judges_against_the_plain_seed_spread():
         run_name("anti_collapse", 1e-3, 1): _fake_summary(1900, nc=0.3),
         run_name("anti_flatness", 1e-2, 0): _fake_summary(None, kappa=50.0),  # >= 3000 / 1000
         run_name("anti_flatness", 1e-2, 1): _fake_summary(2500, kappa=50.0),  # 2.08x
+        run_name("anti_collapse", 1e-2, 0): _fake_summary(None, nc=900.0) | {"final_train_acc": 0.06},
+        run_name("anti_collapse", 1e-2, 1): _fake_summary(None, nc=900.0) | {"final_train_acc": 0.06},
     }
-    sweeps = {"collapse": (0.1,), "anti_collapse": (1e-3,), "anti_flatness": (1e-2,)}
+    sweeps = {"collapse": (0.1,), "anti_collapse": (1e-3, 1e-2), "anti_flatness": (1e-2,)}
     agg = _aggregate(summary, 3000, (0, 1), (0, 1, 2, 3), sweeps)
     assert agg["tolerance"]["spread_max_over_min"] == pytest.approx(1.3)
     by = agg["by_strength"]
@@ -224,6 +226,7 @@ def test_aggregate_judges_against_the_plain_seed_spread():
     assert by["collapse 0.1"]["step_ratios"] == pytest.approx([1.1, 1300 / 1200])
     assert by["collapse 0.1"]["nc_median_ratio"] == pytest.approx([0.5, 0.5])
     assert by["anti_collapse 0.001"]["verdict"] == "changed"
+    assert by["anti_collapse 0.01"]["verdict"] == "training fails"
     assert by["anti_flatness 0.01"]["verdict"] == "delayed"
     assert by["anti_flatness 0.01"]["ratio_is_lower_bound"] == [True, False]
     assert by["anti_flatness 0.01"]["kappa_median_ratio"] == pytest.approx([10.0, 10.0])
@@ -240,3 +243,23 @@ def test_reproduce_quick_writes_results(tmp_path):
     assert set(saved["summary"]) == set(result["summary"])
     assert {"plain seed 0", "collapse 0.1 seed 0", "anti_collapse 0.001 seed 0"} <= set(saved["summary"])
     assert saved["runs"]["plain seed 0"]["step"][-1] == 100
+
+
+def test_sweep_keys_parse_into_config_fields():
+    from emreason.extras.reproduce.grokking_flatness import _parse_sweep_key
+
+    paper = _parse_sweep_key("anti_collapse")
+    assert paper == {
+        "regularizer": "anti_collapse",
+        "regularizer_from": 0,
+        "reg_form": "linear",
+        "nc_detach_distances": False,
+        "reg_cap": None,
+    }
+    variant = _parse_sweep_key("anti_collapse@300#det#cap0.3")
+    assert variant["regularizer_from"] == 300 and variant["nc_detach_distances"] and variant["reg_cap"] == 0.3
+    GrokkingConfig(**variant)  # every parsed field is a config field
+    with pytest.raises(ValueError, match="flags"):
+        _parse_sweep_key("anti_collapse#sqrt")
+    with pytest.raises(ValueError, match="reg_cap"):
+        GrokkingConfig(reg_cap=0.0)

@@ -70,10 +70,10 @@ DAMPING_MULTIPLES = (1, 10, 100, 1000)  # fimoda's sweep on Energy (x mean squar
 DATASETS = ("energy_like", "diabetes")
 
 
-def load_data(dataset: str = "energy_like", seed: int = 0):
-    """Standardised float32 ``x_train, y_train, x_test, y_test``."""
+def load_data(dataset: str = "energy_like", seed: int = 0, small: bool = False):
+    """Standardised float32 ``x_train, y_train, x_test, y_test``; ``small``: 192 / 48 Energy-like designs."""
     if dataset == "energy_like":
-        return energy_like_regression(n_train=384, n_test=96, seed=seed)
+        return energy_like_regression(n_train=192 if small else 384, n_test=48 if small else 96, seed=seed)
     if dataset != "diabetes":
         raise ValueError(f"unknown dataset {dataset!r}; choose one of {DATASETS}")
     x, y = load_diabetes(return_X_y=True)
@@ -104,8 +104,9 @@ def run(
     method_kwargs: dict | None = None,
     pairing_seeds: int = 4,
     methods: tuple[str, ...] = ATTRIBUTION_METHODS,
+    small_data: bool = False,
 ) -> dict:
-    x_tr, y_tr, x_te, y_te = load_data(dataset, seed)
+    x_tr, y_tr, x_te, y_te = load_data(dataset, seed, small_data)
     model = train_final_model(
         make_mlp(x_tr.shape[1], 128, 2, seed), x_tr, y_tr, epochs=final_epochs, lr=FINAL_LR, batch_size=BATCH
     )
@@ -152,10 +153,18 @@ def run(
             agreement(scores, gold.gold_[c])["cosine"] for c in range(len(checkpoints))
         ]
     steps_per_epoch = int(np.ceil(len(x_tr) / BATCH))
-    linearised = []  # cosine of the linearised prediction at each checkpoint's own time with that checkpoint
+    gn.damping_ = 1000 * base
+    paper_if = gn.scores(x_te, y_te, leave_out)
+    # Linearised prediction at each checkpoint's own flow time: its agreement with the gold standard (does
+    # the linear picture hold?), the size ratio |gold| / |linearised| (1 if it holds) and its agreement with
+    # the damped IF (how far the linear picture alone predicts the IF's agreement to rise).
+    linearised, linearised_vs_if, size_ratio = [], [], []
     for c, epochs in enumerate(checkpoints):
         lin = gn.further_training_scores(x_te, y_te, leave_out, FURTHER_LR * steps_per_epoch * epochs)
         linearised.append(agreement(lin, gold.gold_[c]))
+        linearised_vs_if.append(agreement(paper_if, lin)["cosine"])
+        # lin is g^T H^-1 (...) g, the loss change times n for an upweighting of 1 / n: compare per removal
+        size_ratio.append(float(np.linalg.norm(gold.gold_[c]) / np.linalg.norm(lin / len(x_tr))))
     seconds["gn_diagnostics"] = time.process_time() - start
     # Agreement of the gold standard with itself at the last checkpoint: how far it moves with epochs.
     gold_vs_last = [agreement(gold.gold_[c], gold.gold_[-1])["cosine"] for c in range(len(checkpoints))]
@@ -191,6 +200,8 @@ def run(
         "agreement": results,
         "gn_if_damping_sweep_cosine": damping_sweep,
         "linearised_further_training": linearised,
+        "linearised_vs_gn_if_1000x_cosine": linearised_vs_if,
+        "gold_over_linearised_size": size_ratio,
         "cpu_seconds": seconds,
         "paper_energy_cosine_1_and_500_epochs": PAPER_ENERGY_COSINE,
     }
@@ -253,8 +264,9 @@ def main(argv=None) -> dict:
         result = run(
             2,
             (1, 2, 5),
-            leave_out_step=24,
+            leave_out_step=8,
             dataset=args.dataset,
+            small_data=True,
             seed=args.seed,
             final_epochs=200,
             pairing_seeds=2,
@@ -291,6 +303,8 @@ def main(argv=None) -> dict:
     )
     for multiple, cos in result["gn_if_damping_sweep_cosine"].items():
         print(f"GN IF {multiple:>5s}x cosine {[round(c, 3) for c in cos]}")
+    print("linearised vs GN IF 1000x:", np.round(result["linearised_vs_gn_if_1000x_cosine"], 3).tolist())
+    print("|gold| / |linearised|:", np.round(result["gold_over_linearised_size"], 2).tolist())
     print(f"wall {result['wall_seconds']:.0f} s, cpu {result['cpu_seconds']['total']:.0f} s")
     return result
 

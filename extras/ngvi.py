@@ -333,7 +333,11 @@ class MeanFieldGaussianVI:
         # Inside the family the KL projection is clipping; outside it is the corner (v_hi, sign(lam1) U).
         v_new = np.where(outside, v_hi, np.clip(v_tilde, v_lo, v_hi))
         m_new = np.where(outside, np.sign(lam1) * U, np.clip(m_tilde, -U, U))
-        projected = left or bool(np.any(v_new != v_tilde) or np.any(m_new != m_tilde))
+        # Count a projection only if it moved a coordinate beyond round-off (a pinned coordinate with
+        # v_lo == v_hi reproduces its bound only up to the last bit).
+        moved_v = np.abs(v_new - v_tilde) > 1e-9 * v_new
+        moved_m = np.abs(m_new - m_tilde) > 1e-9 * (np.abs(m_new) + 1e-300)
+        projected = left or bool(np.any(moved_v) or np.any(moved_m))
         return m_new, v_new, True, projected, left
 
     @staticmethod

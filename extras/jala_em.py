@@ -2,33 +2,37 @@
 Akyildiz, NeurIPS 2025).
 
 For a latent variable model ``p_theta(x, y)`` with observed ``y`` and latent ``x``, ``N`` particles ``x^j``
-carry log-weights ``log W^j``. Each of the ``K`` steps:
+carry log-weights ``A^j``; ``gamma_k = p_theta_k(., y)``. Each of the ``K`` steps (the paper's Algorithm 1):
 
-1. ``theta <- Adam(theta, -sum_j W^j grad_theta log p_theta(x^j, y))`` (normalised weights ``W``);
-2. Jarzynski update ``log W^j += log p_theta_new(x^j, y) - log p_theta_old(x^j, y)``;
-3. unadjusted Langevin move targeting ``p_theta_new(x | y)``:
-   ``x^j <- x^j + gamma grad_x log p_theta_new(x^j, y) + sqrt(2 gamma) xi``;
-4. systematic resampling when ``ESS / N`` falls below ``ess_threshold``; the log-weights are then all set to
-   their log-mean-exp, so the running normalising-constant estimate is unchanged.
+1. ``theta_{k+1} <- Adam(theta_k, -sum_j W^j grad_theta log gamma_k(x^j))`` (normalised weights ``W``;
+   Fisher's identity);
+2. ULA move ``x'^j = x^j + h grad_x log gamma_k(x^j) + sqrt(2 h) xi``;
+3. weight update ``A^j += log gamma_{k+1}(x'^j) + log L(x'^j -> x^j) - log gamma_k(x^j) - log M(x^j -> x'^j)``
+   with ``M`` the ULA kernel of ``gamma_k`` and ``L`` that of ``gamma_{k+1}`` (Carbone et al. 2023, the
+   paper's eq. (2)); an SMC sampler with this backward kernel, so the weights correct the ULA bias exactly;
+4. systematic resampling when ``ESS / N`` falls below ``ess_threshold`` (0: never, the paper's C = 0); the
+   log-weights are then all set to their log-mean-exp, so the running normalising-constant estimate is
+   unchanged.
 
-``log Z_hat_k = log Z_0 + log mean_j exp(log W^j)`` estimates ``log p_theta_k(y)``; ``Z_0`` is the exact
+``log Z_hat_k = log Z_0 + log mean_j exp(A^j)`` estimates ``log p_theta_k(y)``; ``Z_0`` is the exact
 marginal likelihood at the starting parameter, where the particles are drawn from the exact posterior.
-With exact invariant kernels the weight identity is Jarzynski's equality; with ULA it is approximate (bias
-of order ``gamma``). The step order above (weights, then move) is our reading of the paper's SMC scheme.
+``weight_update="reweight"`` gives the simpler variant (reweight by ``gamma_{k+1}(x) / gamma_k(x)``, then
+a ULA move targeting ``gamma_{k+1}``), exact only for invariant kernels (bias of order ``h`` with ULA).
 
-:class:`LinearGaussianRegression` is the paper's model-selection testbed (section 5.3) as we reconstructed
-it: latent polynomial coefficients ``x ~ N(theta 1, prior_var I)`` with a scalar, shared prior mean
-``theta`` (the learned parameter; one hyper-parameter for every order, so comparing orders by their
-marginal likelihoods stays an Occam-razor comparison), ``y | x ~ N(Phi x, noise_var I)``, with ``Phi`` the
-Vandermonde matrix of the inputs. Its marginal ``y ~ N(theta Phi 1, noise_var I + prior_var Phi Phi')``
-and posterior are in closed form, which the tests and the reproduction use as ground truth.
+:class:`LinearGaussianRegression` is a small testbed of ours: latent polynomial coefficients
+``x ~ N(theta 1, prior_var I)`` with a scalar, shared prior mean ``theta`` (the learned parameter),
+``y | x ~ N(Phi x, noise_var I)``, with ``Phi`` the Vandermonde matrix of the inputs. Its marginal
+``y ~ N(theta Phi 1, noise_var I + prior_var Phi Phi')`` and posterior are in closed form, which the tests
+use as ground truth.
 
-:class:`BayesianPolynomialRegression` is the evidence-framework version used by the model-selection
-reproduction: coefficients ``x ~ N(0, alpha^-1 I)``, noise precision ``beta``, and the learned parameter
-``theta = (log alpha, log beta)`` (both hyper-parameters estimated by maximum marginal likelihood, as BIC
-also fits the noise level). Its Langevin target is stiff (posterior precision up to ``beta
-lambda_max(Phi' Phi)``), so it exposes ``langevin_step_bound(theta) = 0.5 / L(theta)``; :class:`JALAEM`
-caps its ULA step at that bound whenever a model provides one (ULA is unstable for steps above ``2 / L``).
+:class:`BayesianPolynomialRegression` is the paper's section 5.3 / Appendix C.5 model: coefficients
+``x ~ N(0, alpha^-1 I)``, noise precision ``beta = 1 / sigma^2``, and the learned parameter
+``theta = (log alpha, log beta)`` (the paper's ``(log sigma^2, log alpha)`` up to order and sign, which
+Adam's coordinate-wise, sign-symmetric update does not see). Its Langevin target is stiff (posterior
+precision up to ``beta lambda_max(Phi' Phi)``), so it exposes ``langevin_step_bound(theta) = 0.5 / L(theta)``;
+:class:`JALAEM` caps its ULA step at that bound whenever a model provides one (ULA is unstable for steps
+above ``2 / L``). :class:`BatchedBayesianPolynomialRegression` evaluates ``B`` such problems at once for
+``JALAEM.fit_batch``.
 """
 
 from __future__ import annotations

@@ -126,31 +126,47 @@ def _stats(z, e, row_max, active, steps_t, threshold_t, consts):
     return total, c, active
 
 
-def _update(z, e, p0, m, v, row_max, total, c, active, lr_t, kl_t, consts):
-    """Pass 2: the Adam step on ``z``, ``m``, ``v`` in place (``p0`` written at step 0); returns the new
-    row max ``[B, 1]``. ``m`` tracks the negated gradient's first moment, as in the eager core."""
+def _adam(z, p, p0, c, m, v, row_max, active, lr_t, kl_t, consts):
+    """The Adam step on ``z``, ``m``, ``v`` in place, from ``p``, ``p0``, ``c``; returns the new row max
+    ``[B, 1]``. ``m`` tracks the negated gradient's first moment, as in the eager core."""
     first = consts[3] > 0
-    p = e / total
-    p0_now = torch.where(first, p, p0)  # at step 0, p is p0: its KL gradient is exactly zero
     kl = kl_t.unsqueeze(-1)
-    neg_grad = p * (c + (z - row_max)) + kl * (p0_now - p)
+    neg_grad = p * (c + (z - row_max)) + kl * (p0 - p)
     m_prev = torch.where(first, 0.0, m)  # the moments start at zero; their buffers are not cleared
     v_prev = torch.where(first, 0.0, v)
     m_new = m_prev + (1 - _BETA1) * (neg_grad - m_prev)  # torch.lerp's formula for weights < 0.5
     v_new = v_prev * _BETA2 + neg_grad * neg_grad * (1 - _BETA2)
     scale = (lr_t * consts[0] * active).unsqueeze(-1)
     z_new = z + (m_new / (torch.sqrt(v_new) + consts[1])) * scale
-    p0.copy_(p0_now)
     m.copy_(m_new)
     v.copy_(v_new)
     z.copy_(z_new)
     return z_new.amax(-1, keepdim=True)
 
 
-def _step(z, e, p0, m, v, row_max, active, steps_t, threshold_t, lr_t, kl_t, consts):
-    """Both passes as one graph (one compiled call per step); ``e`` is then inductor's own buffer."""
-    total, c, active = _stats(z, e, row_max, active, steps_t, threshold_t, consts)
-    return _update(z, e, p0, m, v, row_max, total, c, active, lr_t, kl_t, consts), active
+def _update(z, e, e0, m, v, row_max, total, c, total0, active, lr_t, kl_t, consts):
+    """Pass 2. ``p0 = e0 / S0`` from step 0's exponentials, which the stats pass wrote into ``e0``'s buffer
+    (at step 0 the caller passes that buffer as ``e``, and ``e0``/``total0`` are unused: ``p0 = p``, so
+    the KL gradient is exactly zero), so p0 is never written separately."""
+    p = e / total
+    p0 = torch.where(consts[3] > 0, p, e0 / total0)
+    return _adam(z, p, p0, c, m, v, row_max, active, lr_t, kl_t, consts)
+
+
+def _step(z, e0, m, v, row_max, total0, active, steps_t, threshold_t, lr_t, kl_t, consts):
+    """Both passes as one graph (one compiled call per step, for B = 1): ``e`` lives in inductor's own
+    scratch; step 0's is kept in ``e0``. Returns the new row max, ``active`` and ``S`` (``S0`` at step 0)."""
+    neg_d = z - row_max
+    ex = torch.exp(neg_d)
+    total = ex.sum(-1, keepdim=True)
+    c = -(ex * neg_d).sum(-1, keepdim=True) / total
+    entropy = (torch.log(total) + c).squeeze(-1)
+    active = active & (entropy >= threshold_t) & (consts[2] < steps_t)
+    first = consts[3] > 0
+    p = ex / total
+    p0 = torch.where(first, p, e0 / total0)
+    e0.copy_(torch.where(first, ex, e0))
+    return _adam(z, p, p0, c, m, v, row_max, active, lr_t, kl_t, consts), active, total
 
 
 _compiled: dict[str, object] = {}
@@ -274,7 +290,7 @@ def adam_loop(z, steps_t, lr_t, threshold_t, kl_t, ok, run_steps, workspace, *, 
     if not z.is_contiguous():
         raise FusedUnavailable("fused EM-INF needs contiguous logits")
     workspace = workspace if workspace is not None else EMInfWorkspace()
-    e, p0, m, v = workspace.buffers(z.shape, z.dtype, z.device)[:4]
+    e, e0, m, v = workspace.buffers(z.shape, z.dtype, z.device)[:4]
     active = ok.clone()
     try:
         row_max = z.amax(dim=-1, keepdim=True)
@@ -284,25 +300,33 @@ def adam_loop(z, steps_t, lr_t, threshold_t, kl_t, ok, run_steps, workspace, *, 
             # 3.6 against 4.5 softmax-equivalents per step); two at B > 1, where the merged graph's own
             # [B, V] scratch for e costs more than the call (1.7 against 0.9 at B = 64).
             merged = z.shape[0] == 1
+            total0 = torch.ones_like(row_max)  # read only from step 1 on; a distinct tensor (no aliasing)
             for step in range(run_steps):
                 consts = _constants_tensor(step, z.dtype, z.device)
                 if merged:
                     # Also with early_exit: when every row has stopped, the update moves nothing (its
                     # scale is 0), so checking after it gives the same result.
-                    row_max, active = fused_step(
-                        z, e, p0, m, v, row_max, active, steps_t, threshold_t, lr_t, kl_t, consts
+                    row_max, active, total = fused_step(
+                        z, e0, m, v, row_max, total0, active, steps_t, threshold_t, lr_t, kl_t, consts
                     )
+                else:
+                    # Step 0 stores its exponentials in e0's buffer: they are p0 * S0 for later steps.
+                    e_now, e_then = (e0, e) if step == 0 else (e, e0)
+                    total, c, active = stats(z, e_now, row_max, active, steps_t, threshold_t, consts)
                     if early_exit and not bool(active.any()):
                         break
-                    continue
-                total, c, active = stats(z, e, row_max, active, steps_t, threshold_t, consts)
-                if early_exit and not bool(active.any()):
+                    row_max = update(
+                        z, e_now, e_then, m, v, row_max, total, c, total0, active, lr_t, kl_t, consts
+                    )
+                if step == 0:
+                    total0 = total
+                if merged and early_exit and not bool(active.any()):
                     break
-                row_max = update(z, e, p0, m, v, row_max, total, c, active, lr_t, kl_t, consts)
         elif backend == "triton":
             if z.device.type != "cuda" and os.environ.get("TRITON_INTERPRET") != "1":
                 raise FusedUnavailable("the Triton backend needs CUDA (or TRITON_INTERPRET=1)")
             stats_kernel, update_kernel = _triton()
+            p0 = e0
             batch, vocab = z.shape
             row_max = row_max.squeeze(-1).contiguous()
             total = torch.empty_like(row_max)

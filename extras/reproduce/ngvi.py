@@ -41,7 +41,7 @@ from sklearn.datasets import load_digits
 from tqdm import tqdm
 
 NATURAL_GRID = [1e-4, 1e-3, 1e-2, 3e-2, 0.1, 0.3, 1.0, 2.0]
-EUCLIDEAN_GRID = [1e-6, 1e-5, 1e-4, 3e-4, 1e-3, 3e-3, 1e-2, 3e-2, 0.1, 1.0]
+EUCLIDEAN_GRID = [1e-5, 1e-4, 3e-4, 1e-3, 3e-3, 1e-2, 3e-2, 0.1, 1.0]
 STEP_GRIDS = {
     "sngd": NATURAL_GRID,
     "proj_sngd": NATURAL_GRID,

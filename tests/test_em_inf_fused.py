@@ -4,6 +4,9 @@ vocabulary (V = 151,936) and logit std up to 30, measured against what the eager
 from __future__ import annotations
 
 import importlib.util
+import os
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -97,22 +100,28 @@ def test_failure_falls_back_to_the_eager_core(monkeypatch):
 @pytest.mark.skipif(
     importlib.util.find_spec("triton") is None, reason="triton is not installed (pip install triton)"
 )
-def test_triton_kernels_in_the_interpreter_match_float64(monkeypatch):
-    """The CUDA kernels' arithmetic, run by Triton's CPU interpreter (TRITON_INTERPRET=1)."""
-    monkeypatch.setenv("TRITON_INTERPRET", "1")  # read when the kernels are decorated, on first use
-    monkeypatch.setattr(em_inf_fused, "_triton_kernels", None)
+def test_triton_kernels_in_the_interpreter_match_float64():
+    """The CUDA kernels' arithmetic, run by Triton's CPU interpreter. TRITON_INTERPRET must be set before
+    triton is first imported (torch may import it earlier in this process), so this runs in a fresh one."""
+    if os.environ.get("TRITON_INTERPRET") != "1":
+        test = f"{__file__}::test_triton_kernels_in_the_interpreter_match_float64"
+        env = {**os.environ, "TRITON_INTERPRET": "1"}
+        result = subprocess.run(
+            [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", test],
+            env=env, capture_output=True, text=True, timeout=600,
+        )  # fmt: skip
+        assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-2000:]
+        return
     check_against_float64(scaled_logits(), "triton", steps=3)
     # Per-row parameters, early stops, broken rows: as the eager core, to float32 rounding.
-    logits = torch.randn(5, 300, generator=torch.Generator().manual_seed(1)) * torch.tensor(
-        [[0.1], [1], [3], [8], [1]]
-    )
+    scales = torch.tensor([[0.1], [1], [3], [8], [1]])
+    logits = torch.randn(5, 300, generator=torch.Generator().manual_seed(1)) * scales
     logits[4, 7] = float("nan")
     params = {"steps": torch.tensor([0, 1, 3, 5, 3]), "threshold": torch.tensor([0.3, 0.0, 4.0, 0.2, 0.0])}
     expected = minimize_entropy(logits, **params)
     got = minimize_entropy(logits, **params, fused="triton", fused_fallback=False)
     torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5, equal_nan=True)
     assert torch.equal(got[0], logits[0]) and torch.equal(got[2], logits[2])  # no steps / stopped at once
-    monkeypatch.setattr(em_inf_fused, "_triton_kernels", None)  # compiled kernels for a later real GPU
 
 
 @pytest.mark.slow

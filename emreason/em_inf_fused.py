@@ -290,7 +290,9 @@ def adam_loop(z, steps_t, lr_t, threshold_t, kl_t, ok, run_steps, workspace, *, 
     if not z.is_contiguous():
         raise FusedUnavailable("fused EM-INF needs contiguous logits")
     workspace = workspace if workspace is not None else EMInfWorkspace()
-    e, e0, m, v = workspace.buffers(z.shape, z.dtype, z.device)[:4]
+    # Buffers 1-4 of the workspace block: all at a storage offset >= 2, so swapping e and e0 between
+    # steps does not trip torch.compile's 0/1 specialization of the offset (a recompile per role).
+    e, e0, m, v = workspace.buffers(z.shape, z.dtype, z.device)[1:]
     active = ok.clone()
     try:
         row_max = z.amax(dim=-1, keepdim=True)

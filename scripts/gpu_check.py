@@ -17,7 +17,8 @@ leaves the steps done so far; the whole run stays under ``--time-limit`` seconds
                    through the ``em_inf`` entry point and per-request ``vllm_xargs``; invalid options -> 400;
                    the eval harness's server backend (start-up probe) against it
   processor_timing EM-INF cost per decode step at V = 151,936, B = 1 and 64, in softmax-equivalents: the
-                   core (``minimize_entropy``) and the vLLM processor's ``apply`` (classic interface)
+                   core (``minimize_entropy``: eager, fused Triton, fused torch.compile) and the vLLM
+                   processor's ``apply`` (classic interface)
   emft_memory      EM-FT chunked-entropy step vs a plain SFT step at V = 151,936: peak CUDA memory and time
   compare          the cross-checks: V2 vs classic, vLLM vs the transformers twin, server vs offline
   trl_colocate     EM-RL (sequence reward) with ``use_vllm=True``, TRL colocate mode, 3 steps on the GPU:
@@ -609,11 +610,22 @@ def step_processor_timing(ctx: Context, budget: float) -> dict:
                 ("worst_case_3_steps", EMInfConfig(threshold=0.0)),
                 ("defaults", EMInfConfig()),
             ):
-                ms = _median_cuda_ms(
-                    lambda x=logits, c=config, w=workspace: minimize_entropy(x, c, workspace=w), 30
-                )
-                row[f"core_{label}_ms"] = round(ms, 4)
-                row[f"core_{label}_softmax_eq"] = round(ms / softmax_ms, 2)
+                # eager (the default), and the fused cores of emreason.em_inf_fused: Triton kernels and
+                # torch.compile (inductor's CUDA code); the first call of each compiles, then warm-up.
+                for fused in ("off", "triton", "compile"):
+                    key = f"core_{label}" if fused == "off" else f"core_{label}_{fused}"
+                    try:
+                        ms = _median_cuda_ms(
+                            lambda x=logits, c=config, w=workspace, f=fused: minimize_entropy(
+                                x, c, workspace=w, fused=f, fused_fallback=False
+                            ),
+                            30,
+                        )
+                    except Exception as error:  # a backend missing here is recorded, not fatal
+                        row[f"{key}_error"] = f"{type(error).__name__}: {error}"[:300]
+                        continue
+                    row[f"{key}_ms"] = round(ms, 4)
+                    row[f"{key}_softmax_eq"] = round(ms / softmax_ms, 2)
             if ctx.available.get("vllm"):
                 row.update(_vllm_processor_timing(logits, softmax_ms))
         rows.append(row)
@@ -839,16 +851,16 @@ def build_plan() -> list[Step]:
              "offline LLM, vLLM's own runner choice (V2 with Triton)"),
         Step("vllm_classic", 75, ("device", "vllm"), step_vllm("0"),
              "offline LLM, VLLM_USE_V2_MODEL_RUNNER=0 (classic runner)"),
-        Step("vllm_serve", 95, ("device", "vllm", "openai"), step_vllm_serve,
+        Step("vllm_serve", 85, ("device", "vllm", "openai"), step_vllm_serve,
              "api_server (= vllm serve) + vllm_xargs + the eval server backend"),
-        Step("processor_timing", 30, ("cuda",), step_processor_timing,
+        Step("processor_timing", 50, ("cuda",), step_processor_timing,
              "EM-INF per decode step at V=151,936, B=1/64, softmax-equivalents"),
         Step("emft_memory", 45, ("cuda",), step_emft_memory, "EM-FT vs SFT peak memory at V=151,936"),
         Step("compare", 5, (), step_compare, "V2 vs classic, vLLM vs twin, server vs offline"),
         Step("trl_colocate", 60, ("cuda", "vllm", "trl"), step_trl_colocate,
              "EM-RL use_vllm colocate, 3 steps: rollout log-probs vs HF, weight sync",
              dry=dry_trl("colocate")),
-        Step("trl_server", 75, ("two_gpus", "vllm", "trl"), step_trl_server,
+        Step("trl_server", 65, ("two_gpus", "vllm", "trl"), step_trl_server,
              "EM-RL use_vllm server (trl vllm-serve on GPU 1, NCCL sync), 3 steps",
              dry=dry_trl("server")),
     ]  # fmt: skip

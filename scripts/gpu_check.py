@@ -178,9 +178,15 @@ def worker_command(name: str, payload: dict) -> list[str]:
 def run_worker(name: str, payload: dict, budget: float, env: dict | None = None, log: Path | None = None):
     """Run a worker in its own process group; its last stdout line is its JSON result."""
     log = log or Path(payload["workdir"]) / f"{name}.log"
+    return run_json_process(worker_command(name, payload), f"worker {name}", log, budget, env)
+
+
+def run_json_process(command: list[str], name: str, log: Path, budget: float, env: dict | None = None):
+    """Run ``command`` in its own process group (stderr to ``log``, killed past ``budget`` seconds); its
+    last stdout line is its JSON result."""
     with open(log, "w") as stream:
         process = subprocess.Popen(
-            worker_command(name, payload),
+            command,
             stdout=subprocess.PIPE,
             stderr=stream,
             text=True,
@@ -191,10 +197,10 @@ def run_worker(name: str, payload: dict, budget: float, env: dict | None = None,
             out, _ = process.communicate(timeout=budget)
         except subprocess.TimeoutExpired:
             _kill_group(process)
-            raise TimeoutError(f"worker {name} ran past its {budget:.0f} s budget; log: {log}") from None
+            raise TimeoutError(f"{name} ran past its {budget:.0f} s budget; log: {log}") from None
     if process.returncode != 0:
         tail = "\n".join(log.read_text(errors="replace").splitlines()[-30:])
-        raise RuntimeError(f"worker {name} exited with {process.returncode}; log {log}:\n{tail}")
+        raise RuntimeError(f"{name} exited with {process.returncode}; log {log}:\n{tail}")
     return json.loads(out.strip().splitlines()[-1])
 
 
@@ -717,19 +723,7 @@ def trl_checks(run: dict) -> dict:
 
 
 def _run_trl(ctx: Context, command: list[str], env: dict, budget: float, name: str) -> dict:
-    log = ctx.workdir / f"{name}.log"
-    with open(log, "w") as stream:
-        process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=stream, text=True,
-                                   env={**os.environ, **env}, start_new_session=True)  # fmt: skip
-        try:
-            out, _ = process.communicate(timeout=budget)
-        except subprocess.TimeoutExpired:
-            _kill_group(process)
-            raise TimeoutError(f"{name} ran past its {budget:.0f} s budget; log: {log}") from None
-    if process.returncode != 0:
-        tail = "\n".join(log.read_text(errors="replace").splitlines()[-30:])
-        raise RuntimeError(f"{name} exited with {process.returncode}; log {log}:\n{tail}")
-    run = json.loads(out.strip().splitlines()[-1])
+    run = run_json_process(command, name, ctx.workdir / f"{name}.log", budget, env)
     summary = {k: run[k] for k in ("vllm_mode", "vllm_dtype", "losses", "weights_moved")}
     summary["rollouts"] = [
         {k: r[k] for k in ("step", "max_token_gap", "max_token_gap_vs_initial", "model_change", "lengths")}

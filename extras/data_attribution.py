@@ -18,7 +18,9 @@ float32 rounding).
 
 Gradient-based approximations of the gold standard come from the ``dattri`` library (Grad-Dot, Grad-Cos,
 influence functions with an explicit Hessian, CG and LiSSA inverse-Hessian products, DataInf, TRAK); they
-use the final model only. Their sign convention matches the gold standard (positive = helpful).
+use the final model only. Their sign convention matches the gold standard (positive = helpful). The paper's
+CG / LiSSA baselines use the damped Gauss-Newton Hessian (torch-influence); ``GaussNewtonInfluence``
+implements them (dattri's ``if_cg`` / ``if_lissa`` use the exact Hessian, a different estimator).
 
 Deviations: the explicit-Hessian influence function is restricted to the last linear layer (the full
 Hessian of the 2 x 128 MLP has 3e8 entries); TRAK's output-to-loss weights ``Q`` are set to 1, its

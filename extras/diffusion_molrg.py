@@ -310,13 +310,17 @@ class TrainedDenoiser:
                 self.out = nn.Linear(width, n_dim)
                 self.width, self.n_layers = width, n_layers
 
-            def forward(self, x, log_sigma, return_features: bool = False):
+            def forward(self, x, log_sigma, feature_layer: int | None = None):
                 angles = log_sigma[:, None] * self.freqs[None]
                 emb = self.emb(torch.cat([angles.sin(), angles.cos()], 1)).view(-1, self.n_layers, self.width)
                 h = nn.functional.silu(self.inp(x) + emb[:, 0])
+                if feature_layer == 0:
+                    return h
                 for i, layer in enumerate(self.hidden):
                     h = nn.functional.silu(layer(h) + emb[:, i + 1])
-                return h if return_features else self.out(h)
+                    if feature_layer == i + 1:
+                        return h
+                return self.out(h)
 
         return _Net(n_dim, self.width, self.n_layers)
 
@@ -385,15 +389,19 @@ class TrainedDenoiser:
             out = self._denoise_torch(xt, torch.full((len(x),), sigma))
         return out.double().numpy()
 
-    def features(self, x: np.ndarray, sigma: float) -> np.ndarray:
-        """Last-hidden-layer activations of ``F(c_in x, log sigma)``: ``(B, n)`` -> ``(B, width)``."""
+    def features(self, x: np.ndarray, sigma: float, layer: int = -1) -> np.ndarray:
+        """Hidden activations of ``F(c_in x, log sigma)`` at hidden layer ``layer`` (0-based; negative counts
+        from the last, default the last): ``(B, n)`` -> ``(B, width)``."""
         import torch
 
         x, sigma = self._check_fitted(x, sigma)
+        if not -self.n_layers <= layer < self.n_layers:
+            raise ValueError(f"layer must lie in [-{self.n_layers}, {self.n_layers}), got {layer!r}")
+        layer = layer % self.n_layers
         with torch.no_grad():
             s = torch.full((len(x),), sigma)
             _, _, c_in = self._precond(s[:, None])
-            h = self.net_(c_in * torch.as_tensor(x, dtype=torch.float32), s.log(), return_features=True)
+            h = self.net_(c_in * torch.as_tensor(x, dtype=torch.float32), s.log(), feature_layer=layer)
         return h.double().numpy()
 
     def denoising_loss(self, x0: np.ndarray, sigmas, random_state=0) -> np.ndarray:
@@ -437,16 +445,18 @@ def feature_probe_curve(
     n_eval: int = 1000,
     n_probe_train: int = 1000,
     C: float = 1.0,
+    layer: int = -1,
     random_state=0,
 ) -> dict[str, list[float]]:
-    """Linear-probe accuracy on ``denoiser.features(x0 + sigma eps, sigma)`` for each sigma (fresh data)."""
+    """Linear-probe accuracy on ``denoiser.features(x0 + sigma eps, sigma, layer)`` for each sigma (fresh
+    data)."""
     sigmas = [_check_sigma(s) for s in sigmas]
     rng = np.random.default_rng(random_state)
     x_eval, y_eval = model.sample(n_eval, rng)
     x_tr, y_tr = model.sample(n_probe_train, rng)
     acc = []
     for s in sigmas:
-        f_tr = denoiser.features(x_tr + s * rng.standard_normal(x_tr.shape), s)
-        f_ev = denoiser.features(x_eval + s * rng.standard_normal(x_eval.shape), s)
+        f_tr = denoiser.features(x_tr + s * rng.standard_normal(x_tr.shape), s, layer)
+        f_ev = denoiser.features(x_eval + s * rng.standard_normal(x_eval.shape), s, layer)
         acc.append(linear_probe_accuracy(f_tr, y_tr, f_ev, y_eval, C=C))
     return {"sigma": sigmas, "probe_accuracy": acc}

@@ -1,13 +1,17 @@
 """Reproduce the unimodal-vs-monotone representation dynamics of diffusion denoisers on MoLRG data.
 
 Part 1 (closed form): SNR of the exact MoLRG posterior mean and of exact empirical (memorizing) denoisers.
-Part 2 (trained): a small noise-conditional MLP denoiser is trained on MoLRG data at two training-set sizes,
-one that generalizes (``N = 4096``) and one that memorizes (``N = 8``); a linear probe is fitted on its
-last-hidden-layer features of ``x0 + sigma eps`` for each noise level, and memorization is measured by the
-train/test denoising-loss ratio and the fraction of denoised fresh points that copy a training point.
+Part 2 (trained): a small noise-conditional MLP denoiser is trained on MoLRG data with a high ambient
+dimension (n = 128, three 4-dimensional class subspaces, 116 pure-nuisance directions). A linear probe is
+fitted on its last-hidden-layer features of ``x0 + sigma eps`` for each noise level. Training-set sizes
+``N = 8, 64, 512, 4096`` are swept for the first seed (the transition from unimodal to monotone), and the
+two ends (``N = 4096`` generalizing, ``N = 8`` memorizing) are repeated for two more seeds. Memorization is
+measured by the test/train denoising-MSE ratio and the fraction of denoised fresh points that copy a
+training point.
 
 Writes ``diffusion_molrg.json`` and ``diffusion_molrg.png`` to ``--output``
-(default ``extras/reproduce/results/diffusion_molrg/``). ``--quick`` is a smoke run (fewer steps and points).
+(default ``extras/reproduce/results/diffusion_molrg/``). ``--quick`` is a smoke run (one seed, two sizes,
+fewer steps and points).
 
 Usage: ``python -m emreason.extras.reproduce.diffusion_molrg [--output DIR] [--seed 0] [--quick]``
 """
@@ -38,9 +42,16 @@ from emreason.extras.reproduce.result_files import (  # noqa: E402
 )
 
 METHOD = "diffusion_molrg"
-# Trained part: n = 32, K = 3, d = 4, delta = 0.5 (strong off-subspace nuisance, see extras/README.md).
-TRAINED_DATA = dict(n_dim=32, n_classes=3, subspace_dim=4, delta=0.5)
-TRAIN_SIZES = {"generalizing": 4096, "memorizing": 8}
+# Trained part: ambient n = 128 >> K d = 12, so 116 directions carry only nuisance (delta = 0.4); see
+# extras/README.md for why the ambient dimension sets the size of the bump.
+TRAINED_DATA = dict(n_dim=128, n_classes=3, subspace_dim=4, delta=0.4)
+TRAIN = dict(steps=1500, width=128, lr=5e-3)
+SWEEP_SIZES = (8, 64, 512, 4096)
+# --quick keeps the smaller round-2 data (n = 32, delta = 0.5): after a few hundred steps its memorizer's
+# features still carry class information, so the smoke test can check the memorization measures at both ends.
+QUICK_DATA = dict(n_dim=32, n_classes=3, subspace_dim=4, delta=0.5)
+QUICK_TRAIN = dict(steps=600, width=128, lr=5e-3)
+N_SEEDS = 3
 
 
 def _shape(curve: list[float]) -> dict:
@@ -91,50 +102,74 @@ def run_exact(seed: int, quick: bool) -> dict:
     return {"sigmas": sigmas, "curves": curves, "summary": summary}
 
 
-def run_trained(seed: int, quick: bool) -> dict:
-    model = MoLRG(**TRAINED_DATA, random_state=seed)
-    sigmas = np.geomspace(0.02, 10.0, 6 if quick else 12).tolist()
-    steps, n_eval, n_probe = (600, 500, 500) if quick else (3000, 2000, 1000)
-    # tolerance for curve shapes: 2 standard errors of a difference of two accuracies near 0.7
-    tol = 2.0 * np.sqrt(2 * 0.7 * 0.3 / n_eval)
-    rng = np.random.default_rng(seed + 2)
+def train_and_probe(
+    model: MoLRG, n_train: int, seed: int, quick: bool, sigmas: list[float], tol: float
+) -> dict:
+    """Train a denoiser on ``n_train`` fresh points of ``model``; measure its probe curve and memorization."""
+    train = QUICK_TRAIN if quick else TRAIN
+    n_eval, n_probe = (500, 500) if quick else (2000, 1000)
+    rng = np.random.default_rng([seed, n_train])
+    x_train, _ = model.sample(n_train, rng)
     x_test, _ = model.sample(1000, rng)
-    out = {"config": {**TRAINED_DATA, "steps": steps, "n_eval": n_eval, "n_probe_train": n_probe}, "tol": tol}
-    out["sigmas"], out["models"] = sigmas, {}
-    for name, n_train in TRAIN_SIZES.items():
-        x_train, _ = model.sample(n_train, rng)
-        den = TrainedDenoiser(width=128, n_layers=3, steps=steps, lr=5e-3, random_state=seed).fit(x_train)
-        curve = feature_probe_curve(
-            model, den, sigmas, n_eval=n_eval, n_probe_train=n_probe, random_state=seed
-        )
-        loss_sigmas = [0.1, 0.5, 1.0, 2.0]
-        train_loss = den.denoising_loss(x_train, loss_sigmas, random_state=seed)
-        test_loss = den.denoising_loss(x_test, loss_sigmas, random_state=seed)
-        out["models"][name] = {
-            "n_train": n_train,
-            "loss_history": den.loss_history_,
-            "probe_accuracy": curve["probe_accuracy"],
-            "shape": probe_shape(curve["probe_accuracy"], tol),
-            "loss_sigmas": loss_sigmas,
-            "train_mse": train_loss.tolist(),
-            "test_mse": test_loss.tolist(),
-            "test_over_train_mse_at_sigma1": float(test_loss[2] / train_loss[2]),
-            "copy_fraction_at_sigma1": copy_fraction(den, x_train, x_test, 1.0, random_state=seed),
-        }
-    return out
-
-
-def run(seed: int = 0, quick: bool = False) -> dict:
+    den = TrainedDenoiser(n_layers=3, random_state=seed, **train).fit(x_train)
+    curve = feature_probe_curve(model, den, sigmas, n_eval=n_eval, n_probe_train=n_probe, random_state=seed)
+    loss_sigmas = [0.1, 0.5, 1.0, 2.0]
+    train_loss = den.denoising_loss(x_train, loss_sigmas, random_state=seed)
+    test_loss = den.denoising_loss(x_test, loss_sigmas, random_state=seed)
     return {
+        "n_train": n_train,
         "seed": seed,
-        "quick": quick,
-        "exact": run_exact(seed, quick),
-        "trained": run_trained(seed, quick),
+        "loss_history": den.loss_history_,
+        "probe_accuracy": curve["probe_accuracy"],
+        "shape": probe_shape(curve["probe_accuracy"], tol),
+        "loss_sigmas": loss_sigmas,
+        "train_mse": train_loss.tolist(),
+        "test_mse": test_loss.tolist(),
+        "test_over_train_mse_at_sigma1": float(test_loss[2] / train_loss[2]),
+        "copy_fraction_at_sigma1": copy_fraction(den, x_train, x_test, 1.0, random_state=seed),
     }
 
 
+def run_trained(seed: int, quick: bool) -> dict:
+    sigmas = np.geomspace(0.02, 10.0, 6 if quick else 10).tolist()
+    n_eval = 500 if quick else 2000
+    # tolerance for curve shapes: 2 standard errors of a difference of two accuracies near 0.7
+    tol = 2.0 * np.sqrt(2 * 0.7 * 0.3 / n_eval)
+    sweep_sizes = (8, 4096) if quick else SWEEP_SIZES
+    seeds = (seed,) if quick else tuple(seed + i for i in range(N_SEEDS))
+    runs = []
+    for s in seeds:
+        model = MoLRG(**(QUICK_DATA if quick else TRAINED_DATA), random_state=s)
+        for n_train in sweep_sizes if s == seed else (min(sweep_sizes), max(sweep_sizes)):
+            runs.append(train_and_probe(model, n_train, s, quick, sigmas, tol))
+    ends = [r for r in runs if r["seed"] == seed]
+    return {
+        "config": {
+            **(QUICK_DATA if quick else TRAINED_DATA),
+            **(QUICK_TRAIN if quick else TRAIN),
+            "n_eval": n_eval,
+        },
+        "tol": tol,
+        "sigmas": sigmas,
+        "sweep_sizes": list(sweep_sizes),
+        "seeds": list(seeds),
+        "runs": runs,
+        # the first seed's two ends, under the names used since round 2
+        "models": {"generalizing": ends[-1], "memorizing": ends[0]},
+    }
+
+
+def run(seed: int = 0, quick: bool = False) -> dict:
+    out = {"seed": seed, "quick": quick}
+    for part, fn in (("exact", run_exact), ("trained", run_trained)):
+        start = time.process_time()
+        out[part] = fn(seed, quick)
+        out[f"{part}_cpu_seconds"] = time.process_time() - start
+    return out
+
+
 def plot(result: dict):
-    fig, axes = plt.subplots(1, 3, figsize=(16, 4.3))
+    fig, axes = plt.subplots(1, 4, figsize=(21, 4.5))
     exact = result["exact"]
     colors = plt.cm.viridis(np.linspace(0, 0.9, len(exact["curves"])))
     for (name, curve), color in zip(exact["curves"].items(), colors):
@@ -144,19 +179,50 @@ def plot(result: dict):
     axes[0].set_title("exact denoisers: SNR of the output")
     axes[0].legend(fontsize=7)
     trained = result["trained"]
-    for (name, m), color in zip(trained["models"].items(), ("tab:blue", "tab:orange")):
-        label = f"{name} (N={m['n_train']}, test/train MSE {m['test_over_train_mse_at_sigma1']:.1f})"
-        axes[1].plot(trained["sigmas"], m["probe_accuracy"], "o-", color=color, label=label)
-        axes[2].plot(m["loss_sigmas"], m["train_mse"], "o-", color=color, label=f"{name} train")
-        axes[2].plot(m["loss_sigmas"], m["test_mse"], "s--", color=color, label=f"{name} test")
-    k = trained["config"]["n_classes"]
-    axes[1].axhline(1.0 / k, color="gray", lw=0.8, ls=":")
-    axes[1].set(xscale="log", xlabel="noise level sigma", ylabel="linear-probe accuracy")
-    axes[1].set_title(f"trained MLP denoiser: probe on hidden features (chance 1/{k})")
-    axes[1].legend(fontsize=7)
-    axes[2].set(xscale="log", yscale="log", xlabel="noise level sigma", ylabel="denoising MSE per coordinate")
-    axes[2].set_title("memorization: train vs test denoising error")
-    axes[2].legend(fontsize=7)
+    sig, k, first = trained["sigmas"], trained["config"]["n_classes"], trained["seeds"][0]
+    sweep = [r for r in trained["runs"] if r["seed"] == first]
+    colors = plt.cm.plasma(np.linspace(0, 0.85, len(sweep)))
+    for r, color in zip(sweep, colors):
+        label = f"N={r['n_train']} (test/train MSE {r['test_over_train_mse_at_sigma1']:.1f})"
+        axes[1].plot(sig, r["probe_accuracy"], "o-", color=color, label=label)
+    axes[1].set_title(f"trained denoiser, seed {first}: probe on hidden features vs N")
+    for r in trained["runs"]:
+        color = "tab:blue" if r["n_train"] == max(trained["sweep_sizes"]) else "tab:orange"
+        if r["n_train"] in (min(trained["sweep_sizes"]), max(trained["sweep_sizes"])):
+            axes[2].plot(
+                sig,
+                r["probe_accuracy"],
+                "o-",
+                color=color,
+                alpha=0.8,
+                label=f"N={r['n_train']} seed {r['seed']}",
+            )
+    axes[2].set_title("generalizing (blue) vs memorizing (orange), all seeds")
+    for ax in axes[1:3]:
+        ax.axhline(1.0 / k, color="gray", lw=0.8, ls=":")
+        ax.set(xscale="log", xlabel="noise level sigma", ylabel="linear-probe accuracy")
+        ax.legend(fontsize=7)
+    sizes = [r["n_train"] for r in sweep]
+    axes[3].plot(
+        sizes,
+        [r["shape"]["peak_minus_lowest_noise"] for r in sweep],
+        "o-",
+        color="k",
+        label="probe peak - low-noise accuracy",
+    )
+    axes[3].axhline(trained["tol"], color="gray", ls=":", label="tolerance (2 s.e.)")
+    axes[3].plot(
+        sizes,
+        [r["copy_fraction_at_sigma1"] for r in sweep],
+        "s--",
+        color="tab:red",
+        label="copy fraction (sigma = 1)",
+    )
+    twin = axes[3].twinx()
+    twin.plot(sizes, [r["test_over_train_mse_at_sigma1"] for r in sweep], "^-", color="tab:green")
+    twin.set(yscale="log", ylabel="test / train MSE at sigma = 1 (green)")
+    axes[3].set(xscale="log", xlabel="training-set size N", title=f"transition vs N (seed {first})")
+    axes[3].legend(fontsize=7)
     fig.tight_layout()
     return fig
 
@@ -176,13 +242,17 @@ def main(argv=None) -> dict:
     save_figure_atomic(plot(result), args.output / f"{METHOD}.png")
     for name, s in result["exact"]["summary"].items():
         print(f"{name:24s} SNR peak/low-noise {s['snr']['peak_over_lowest_noise']:.2f}")
-    for name, m in result["trained"]["models"].items():
+    for m in result["trained"]["runs"]:
         print(
-            f"trained {name:12s} N={m['n_train']:5d} probe {np.round(m['probe_accuracy'], 3).tolist()} "
-            f"shape {m['shape']} test/train MSE {m['test_over_train_mse_at_sigma1']:.2f} "
-            f"copy {m['copy_fraction_at_sigma1']:.3f}"
+            f"trained seed {m['seed']} N={m['n_train']:5d} probe {np.round(m['probe_accuracy'], 3).tolist()} "
+            f"bump {m['shape']['peak_minus_lowest_noise']:+.3f} unimodal {m['shape']['unimodal']} "
+            f"monotone {m['shape']['monotone_decreasing_within_tol']} "
+            f"test/train MSE {m['test_over_train_mse_at_sigma1']:.2f} copy {m['copy_fraction_at_sigma1']:.3f}"
         )
-    print(f"wall {result['wall_seconds']:.0f} s")
+    print(
+        f"wall {result['wall_seconds']:.0f} s, CPU: exact {result['exact_cpu_seconds']:.0f} s, "
+        f"trained {result['trained_cpu_seconds']:.0f} s"
+    )
     return result
 
 

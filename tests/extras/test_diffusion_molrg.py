@@ -172,6 +172,35 @@ def test_features_shape_and_probe_curve(small_data):
     assert curve["probe_accuracy"][1] < 0.45  # near chance at very high noise
 
 
+def test_feature_layers_match_a_manual_forward_pass(small_data):
+    import torch
+
+    model, _, _, fresh, gen, _ = small_data
+    x, sigma = fresh[:7], 0.7
+    net = gen.net_
+    # independent forward pass through the stored modules: c_in x -> SiLU layers with the sigma embedding
+    c_in = 1.0 / np.sqrt(gen.data_scale_**2 + sigma**2)
+    with torch.no_grad():
+        log_s = torch.full((7,), float(np.log(sigma)))
+        angles = log_s[:, None] * net.freqs[None]
+        emb = net.emb(torch.cat([angles.sin(), angles.cos()], 1)).view(7, 2, 64)
+        h0 = torch.nn.functional.silu(net.inp(torch.as_tensor(c_in * x, dtype=torch.float32)) + emb[:, 0])
+        h1 = torch.nn.functional.silu(net.hidden[0](h0) + emb[:, 1])
+        out = net.out(h1).double().numpy()
+    np.testing.assert_allclose(gen.features(x, sigma, layer=0), h0.double().numpy(), atol=1e-5)
+    np.testing.assert_allclose(gen.features(x, sigma, layer=1), h1.double().numpy(), atol=1e-5)
+    np.testing.assert_allclose(gen.features(x, sigma), gen.features(x, sigma, layer=-1))
+    np.testing.assert_allclose(gen.features(x, sigma, layer=-2), gen.features(x, sigma, layer=0))
+    # the denoiser output is c_skip x + c_out F
+    s2 = gen.data_scale_**2
+    expected = s2 / (s2 + sigma**2) * x + sigma * gen.data_scale_ / np.sqrt(s2 + sigma**2) * out
+    np.testing.assert_allclose(gen.posterior_mean(x, sigma), expected, atol=1e-4)
+    with pytest.raises(ValueError, match="layer"):
+        gen.features(x, sigma, layer=2)
+    curve = feature_probe_curve(model, gen, [0.05], n_eval=200, n_probe_train=200, layer=0)
+    assert curve["probe_accuracy"][0] > 0.45  # chance is 1/3
+
+
 def test_linear_probe_on_separable_features():
     rng = np.random.default_rng(0)
     y = rng.integers(0, 2, 200)

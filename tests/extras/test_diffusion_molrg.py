@@ -224,3 +224,16 @@ def test_trained_denoiser_bad_inputs(small_data):
         TrainedDenoiser(width=0)
     with pytest.raises(ValueError, match="ratio"):
         copy_fraction(gen, np.zeros((3, 12)), np.zeros((2, 12)), 1.0, ratio=2.0)
+
+
+def test_probe_shape_rule_separates_bump_from_monotone_curves():
+    from emreason.extras.reproduce.diffusion_molrg import probe_shape
+
+    bump = probe_shape([0.75, 0.81, 0.86, 0.80, 0.40, 0.33], tol=0.03)
+    assert bump["unimodal"] and not bump["monotone_decreasing_within_tol"] and bump["peak_index"] == 2
+    assert bump["peak_minus_lowest_noise"] == pytest.approx(0.11)
+    flat_then_down = probe_shape([0.44, 0.45, 0.44, 0.40, 0.34, 0.33], tol=0.03)
+    assert flat_then_down["monotone_decreasing_within_tol"] and not flat_then_down["unimodal"]
+    # a late rise above the running maximum by more than tol: not monotone; a peak at the end: not unimodal
+    late = probe_shape([0.50, 0.45, 0.40, 0.56], tol=0.03)
+    assert not late["monotone_decreasing_within_tol"] and not late["unimodal"]

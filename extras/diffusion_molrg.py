@@ -255,8 +255,8 @@ class TrainedDenoiser:
     ``||D(x0 + sigma eps, sigma) - x0||^2 / c_out^2`` is averaged over ``log sigma ~ U[log sigma_min,
     log sigma_max]``. ``F`` is an MLP with ``n_layers`` hidden SiLU layers of width ``width``; the noise level
     enters as a learned embedding added to every hidden layer. The *features* of ``x`` at ``sigma`` are the
-    activations of the last hidden layer (``(B, width)``), the analogue of a diffusion model's
-    intermediate representation of ``x_t``.
+    activations of one hidden layer (``(B, width)``, the last by default), the analogue of a diffusion
+    model's intermediate representation of ``x_t``.
 
     ``fit(x0)`` trains on the fixed set ``x0`` ``(N, n)`` (small ``N`` + many steps memorizes);
     ``posterior_mean(x, sigma)`` and ``features(x, sigma)`` accept ``(B, n)`` arrays.

@@ -66,3 +66,20 @@ def test_data_attribution_quick_writes_results(tmp_path):
     assert all(s > 0 for s in saved["gold_snr"])
     pairing = saved["pairing_check"]
     assert pairing["paired"]["mean_se"][1] < pairing["unpaired"]["mean_se"][1]
+
+
+def test_runner_times_each_script_and_rejects_unknown_names(tmp_path):
+    import pytest
+    from emreason.extras.reproduce.__main__ import main as run_all
+
+    summary = run_all(["--quick", "--only", "heterogeneous_corruption,jala_em", "--output", str(tmp_path)])
+    assert [r["method"] for r in summary["rows"]] == ["heterogeneous_corruption", "jala_em"]
+    for row in summary["rows"]:
+        assert row["exit_status"] == 0, (tmp_path / row["method"] / "run.log").read_text()[-2000:]
+        assert row["wall_s"] > 0 and row["cpu_s"] > 0
+        assert any(p.suffix == ".json" for p in (tmp_path / row["method"]).iterdir())
+    saved = json.loads((tmp_path / "timings.json").read_text())
+    assert saved["total_cpu_s"] == pytest.approx(sum(r["cpu_s"] for r in saved["rows"]), abs=0.2)
+    with pytest.raises(SystemExit) as error:
+        run_all(["--only", "jala_em,no_such_method", "--output", str(tmp_path)])
+    assert error.value.code == 2

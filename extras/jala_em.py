@@ -41,12 +41,6 @@ from typing import Protocol
 
 import numpy as np
 
-
-def logsumexp(values: np.ndarray) -> float:
-    """log(sum(exp(values))) via NumPy's ufunc reduction (much cheaper per call than SciPy's)."""
-    return float(np.logaddexp.reduce(values))
-
-
 __all__ = [
     "BatchedBayesianPolynomialRegression",
     "BayesianPolynomialRegression",
@@ -456,9 +450,10 @@ class _SingleAsBatch:
         return np.array([float(self.model.log_marginal(theta[0]))])
 
 
-def _log_mean_exp(log_weights: np.ndarray) -> np.ndarray:
-    """Row-wise ``log mean exp``, (B, N) -> (B,)."""
-    return np.logaddexp.reduce(log_weights, axis=-1) - np.log(log_weights.shape[-1])
+def _normalise(log_weights: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Row-wise normalised weights (B, N) and ``log mean exp`` (B,) of log-weights (B, N), one reduction."""
+    log_total = np.logaddexp.reduce(log_weights, axis=-1)
+    return np.exp(log_weights - log_total[:, None]), log_total - np.log(log_weights.shape[-1])
 
 
 WEIGHT_UPDATES = ("crooks", "reweight")
@@ -559,7 +554,7 @@ class JALAEM:
         step_bound = getattr(model, "langevin_step_bound", None)
         crooks = self.weight_update == "crooks"
         for _ in range(self.n_steps):
-            normalised = np.exp(log_weights - np.logaddexp.reduce(log_weights, axis=1, keepdims=True))
+            normalised, _ = _normalise(log_weights)
             ascent = np.einsum("bn,bnj->bj", normalised, grad_theta)  # Fisher's identity, weighted
             theta = optimizer.step(-ascent)
             gamma = np.full(len(theta), float(self.langevin_step))
@@ -582,8 +577,7 @@ class JALAEM:
                 new_log_joint, new_grad_x, new_grad_theta = model.log_joint_and_grads(theta, new_particles)
             particles, log_joint = new_particles, new_log_joint
             grad_x, grad_theta = new_grad_x, new_grad_theta
-            log_mean_weight = _log_mean_exp(log_weights)
-            normalised = np.exp(log_weights - np.logaddexp.reduce(log_weights, axis=1, keepdims=True))
+            normalised, log_mean_weight = _normalise(log_weights)
             ess = 1.0 / np.sum(normalised**2, axis=1)
             for b in np.flatnonzero(ess < self.ess_threshold * n):
                 index = systematic_resample(normalised[b], rng)

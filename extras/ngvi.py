@@ -93,19 +93,31 @@ class LogisticRegressionVIProblem:
     def dim(self) -> int:
         return self.X.shape[1]
 
-    def _margins(
-        self, m: np.ndarray, v: np.ndarray, rows: np.ndarray | None, with_std: bool = False
-    ) -> tuple[np.ndarray, ...]:
+    def _margins(self, m: np.ndarray, v: np.ndarray, rows: np.ndarray | None) -> tuple[np.ndarray, ...]:
         signed = self.signed_X if rows is None else self.signed_X[rows]
         squared = self._signed_sq if rows is None else self._signed_sq[rows]
         mean = signed @ m
         std = np.sqrt(squared @ v)
         margins = mean[:, None] + std[:, None] * self._nodes[None, :]  # (batch, nodes)
-        return (signed, squared, margins, std) if with_std else (signed, squared, margins)
+        return signed, squared, margins, std
+
+    def _expected_curvature(self, sig: np.ndarray, stein_sum: np.ndarray, std: np.ndarray) -> np.ndarray:
+        """``E_q[sigmoid'(a_i)]`` per row from ``sig = sigmoid(margins)`` and ``stein_sum = E[f'(a) z]``.
+
+        Stein's lemma, ``E[f''] = E[f'(a) z] / std``: the exact derivative of the quadrature loss w.r.t. the
+        margin variance. Quadrature of ``f''`` itself (Price's form) misses the narrow sigmoid' bump when
+        ``std >> 1`` (error 0.4 in ``v * dL/dv`` at the digits optimum, so SNGD stopped 0.14 nats above
+        L-BFGS); Price's form is kept only where ``std`` is too small to divide by.
+        """
+        tiny = std < 1e-6
+        second = stein_sum / np.where(tiny, 1.0, std)
+        if np.any(tiny):
+            second[tiny] = (sig[tiny] * (1.0 - sig[tiny])) @ self._weights
+        return second
 
     def loss(self, m: np.ndarray, v: np.ndarray) -> float:
         """Exact negative ELBO (up to quadrature error) in nats."""
-        _, _, margins = self._margins(m, v, None)
+        _, _, margins, _ = self._margins(m, v, None)
         expected_nll = -(log_expit(margins) @ self._weights).sum()
         kl = 0.5 * np.sum(v / self.prior_var + m**2 / self.prior_var - 1.0 - np.log(v / self.prior_var))
         return float(expected_nll + kl)
@@ -117,18 +129,11 @@ class LogisticRegressionVIProblem:
 
         With ``rows`` (a minibatch of indices) the batch sum is rescaled by ``n / batch``.
         """
-        signed, squared, margins, std = self._margins(m, v, rows, with_std=True)
+        signed, squared, margins, std = self._margins(m, v, rows)
         sig = expit(margins)
         first_at_nodes = sig - 1.0  # d softplus(-a) / da = -sigmoid(-a), shape (batch, nodes)
         first, stein_sum = (first_at_nodes @ self._weights_and_stein).T
-        # E[d^2 softplus(-a) / da^2] by Stein's lemma, E[f''] = E[f'(a) z] / std: the exact derivative of the
-        # quadrature loss w.r.t. the margin variance. Quadrature of f'' itself (Price's form) misses the
-        # narrow sigmoid' bump when std >> 1 (error 0.4 in v * dL/dv at the digits optimum, so SNGD stopped
-        # 0.14 nats above L-BFGS); Price's form is kept only where std is too small to divide by.
-        tiny = std < 1e-6
-        second = stein_sum / np.where(tiny, 1.0, std)
-        if np.any(tiny):
-            second[tiny] = (sig[tiny] * (1.0 - sig[tiny])) @ self._weights
+        second = self._expected_curvature(sig, stein_sum, std)  # E[d^2 softplus(-a) / da^2]
         scale = 1.0 if rows is None else self.n_samples / len(rows)
         grad_m = scale * signed.T @ first
         grad_v = scale * 0.5 * squared.T @ second
@@ -147,9 +152,9 @@ class LogisticRegressionVIProblem:
         Used to predict the largest stable constant step: ``2 / lambda_max(H)`` for Euclidean descent on ``m``
         and ``2 / lambda_max(diag(v) H)`` for the natural-gradient (mirror) step near the optimum.
         """
-        signed, squared, margins, std = self._margins(m, v, None, with_std=True)
-        first_at_nodes = expit(margins) - 1.0
-        curvature = (first_at_nodes @ (self._weights * self._nodes)) / np.maximum(std, 1e-12)
+        signed, _, margins, std = self._margins(m, v, None)
+        sig = expit(margins)
+        curvature = self._expected_curvature(sig, (sig - 1.0) @ self._weights_and_stein[:, 1], std)
         prior = np.broadcast_to(self.prior_var, (self.dim,))
         return (signed * curvature[:, None]).T @ signed + np.diag(1.0 / prior)
 

@@ -49,6 +49,7 @@ SAMPLER = {
     "langevin_step": 1e-6,
     "learning_rate": 5e-3,
     "ess_threshold": 0.0,
+    "weight_update": "crooks",
 }
 METHODS = ("JALA-EM", "BIC", "exact evidence", "evidence at type-II ML", "evidence at true theta")
 
@@ -180,7 +181,6 @@ def main(argv: list[str] | None = None) -> dict:
             "init": args.init,
             **sampler,
             "langevin_step_cap": "0.5 / (alpha + beta lambda_max(Phi' Phi))",
-            "weight_update": "crooks",
         },
         "ours": results,
         "jala_le_bic_cells": int(

@@ -173,18 +173,6 @@ def converging_range(rows: list[dict], l_star: float, tolerance: float) -> dict:
     }
 
 
-def tolerated_decades(rows: list[dict], l_star: float, tolerance: float) -> float:
-    """log10(max/min) of the non-diverging step sizes whose mean final loss is within ``tolerance`` of L*."""
-    good = [
-        r["step_size"]
-        for r in rows
-        if r["diverged_runs"] == 0
-        and r["mean_final_loss"] is not None
-        and r["mean_final_loss"] - l_star <= tolerance
-    ]
-    return float(np.log10(max(good) / min(good))) if good else 0.0
-
-
 def rate_experiment(
     problem: LogisticRegressionVIProblem, l_star: float, seeds: int, quick: bool = False
 ) -> dict:

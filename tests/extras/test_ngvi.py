@@ -190,3 +190,16 @@ def test_reproduce_quick_writes_results_and_shows_the_invariance(tmp_path):
         < control["optimum"]["stable_step_euclidean_mean"] / 30
     )
     assert payload["rate_proj_sngd_decreasing_step"]["loglog_slope"] < 0
+
+
+@pytest.mark.parametrize("variance", [0.5, 0.0])
+def test_mean_hessian_matches_finite_differences_of_the_mean_gradient(problem, variance):
+    # variance 0: every margin std is 0, where the Stein form cannot divide and Price's form must take over.
+    m, v = np.random.default_rng(3).normal(size=5) * 0.3, np.full(5, variance)
+    likelihood_hessian = problem.mean_hessian(m, v) - np.eye(5) / problem.prior_var
+    for j in range(5):
+        e = np.zeros(5)
+        e[j] = 1e-5
+        column = (problem.likelihood_grads(m + e, v)[0] - problem.likelihood_grads(m - e, v)[0]) / 2e-5
+        # Stein-form curvature vs the derivative of the quadrature gradient: equal up to quadrature error.
+        np.testing.assert_allclose(likelihood_hessian[:, j], column, rtol=5e-3, atol=1e-3)

@@ -50,18 +50,7 @@ def _sync(device: torch.device) -> None:
 def median_seconds(fn, device: torch.device, repeats: int, warmup: int = 2, clock=None) -> float:
     """Median time of ``fn()``: CPU time of this process on CPU (robust to a shared, busy machine), wall
     time with synchronization on GPUs (or ``clock`` when given)."""
-    if clock is None:
-        clock = time.process_time if device.type == "cpu" else time.perf_counter
-    for _ in range(warmup):
-        fn()
-    _sync(device)
-    times = []
-    for _ in range(repeats):
-        start = clock()
-        fn()
-        _sync(device)
-        times.append(clock() - start)
-    return sorted(times)[len(times) // 2]
+    return interleaved_medians({"fn": fn}, device, repeats, warmup, clock)["fn"]
 
 
 def interleaved_medians(fns: dict, device: torch.device, repeats: int, warmup: int = 2, clock=None) -> dict:
@@ -97,7 +86,7 @@ def bench_processor(
     compile_s = {}
     for backend in fused:  # compile before timing; report how long the first calls took
         start = time.perf_counter()
-        em_inf_fused.warmup(backend, device)
+        em_inf_fused.warmup(backend, device, vocab=vocab)
         compile_s[backend] = round(time.perf_counter() - start, 1)
     rows = []
     for batch in batch_sizes:

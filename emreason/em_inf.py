@@ -270,22 +270,22 @@ def minimize_entropy(
         run_steps = int(steps_t.max().item()) if batch else 0
     if not batch or run_steps == 0:
         return z
-    backend = em_inf_fused.resolve_backend(fused, device)
     args = (z, logits, steps_t, lr_t, threshold_t, kl_t, params_ok, run_steps, workspace)
-    try:
+
+    def run(backend: str) -> None:
         if early_exit:
             _minimize_early_exit(*args, backend=backend)
         else:
             _minimize_fixed(*args, skip, backend=backend)
+
+    try:
+        run(em_inf_fused.resolve_backend(fused, device))
     except em_inf_fused.FusedUnavailable as error:
         if not fused_fallback:
             raise
         em_inf_fused.warn_fallback(error)
         z.copy_(logits)  # the fused loop may have moved z before failing: start again
-        if early_exit:
-            _minimize_early_exit(*args, backend="off")
-        else:
-            _minimize_fixed(*args, skip, backend="off")
+        run("off")
     return z
 
 

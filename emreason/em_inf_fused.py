@@ -113,16 +113,22 @@ def _constants_tensor(step: int, dtype: torch.dtype, device: torch.device) -> to
 # Backend "compile": the two passes as plain tensor code, compiled by inductor.
 
 
-def _stats(z, e, row_max, active, steps_t, threshold_t, consts):
-    """Pass 1: ``e = exp(z - M)`` into ``e``; returns ``S [B,1]``, ``c [B,1]``, the new ``active [B]``."""
+def _exp_stats(z, row_max, active, steps_t, threshold_t, consts):
+    """``e = exp(z - M)`` ``[B, V]``, ``S = sum e`` and ``c`` ``[B, 1]``, and the rows still ``active [B]``
+    (entropy ``log S + c`` at or above the threshold, step below the row's step count)."""
     neg_d = z - row_max
     ex = torch.exp(neg_d)
-    e.copy_(ex)
     total = ex.sum(-1, keepdim=True)
     # c = sum e d / S with d = M - z >= 0 (as the eager core: no log_softmax, nothing cancels).
     c = -(ex * neg_d).sum(-1, keepdim=True) / total
     entropy = (torch.log(total) + c).squeeze(-1)
-    active = active & (entropy >= threshold_t) & (consts[2] < steps_t)
+    return ex, total, c, active & (entropy >= threshold_t) & (consts[2] < steps_t)
+
+
+def _stats(z, e, row_max, active, steps_t, threshold_t, consts):
+    """Pass 1: ``e = exp(z - M)`` into ``e``; returns ``S [B,1]``, ``c [B,1]``, the new ``active [B]``."""
+    ex, total, c, active = _exp_stats(z, row_max, active, steps_t, threshold_t, consts)
+    e.copy_(ex)
     return total, c, active
 
 
@@ -156,12 +162,7 @@ def _update(z, e, e0, m, v, row_max, total, c, total0, active, lr_t, kl_t, const
 def _step(z, e0, m, v, row_max, total0, active, steps_t, threshold_t, lr_t, kl_t, consts):
     """Both passes as one graph (one compiled call per step, for B = 1): ``e`` lives in inductor's own
     scratch; step 0's is kept in ``e0``. Returns the new row max, ``active`` and ``S`` (``S0`` at step 0)."""
-    neg_d = z - row_max
-    ex = torch.exp(neg_d)
-    total = ex.sum(-1, keepdim=True)
-    c = -(ex * neg_d).sum(-1, keepdim=True) / total
-    entropy = (torch.log(total) + c).squeeze(-1)
-    active = active & (entropy >= threshold_t) & (consts[2] < steps_t)
+    ex, total, c, active = _exp_stats(z, row_max, active, steps_t, threshold_t, consts)
     first = consts[3] > 0
     p = ex / total
     p0 = torch.where(first, p, e0 / total0)
@@ -386,4 +387,5 @@ def warmup(
             logits = torch.randn(batch, vocab, dtype=dtype, device=device)
             with torch.inference_mode():  # vLLM's mode: its tensors are inference tensors
                 minimize_entropy(logits, config, fused=backend, fused_fallback=False)
-            minimize_entropy(logits, config, fused=backend, fused_fallback=False)  # no_grad (HF)
+            with torch.no_grad():  # transformers' generate
+                minimize_entropy(logits, config, fused=backend, fused_fallback=False)

@@ -86,9 +86,6 @@ def main() -> None:
     from emreason.trainers import EMFTConfig, EMFTTrainer, EMRLConfig, EMRLTrainer
     from emreason.trainers.toy_runs import _TOY_COMMON
 
-    def common_args(output_dir, **overrides) -> dict:
-        return {**_TOY_COMMON, "output_dir": str(output_dir), "seed": 0, **overrides}
-
     model_dir = str(options.model_dir)
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     dataset = chat_prompts(32)
@@ -108,17 +105,18 @@ def main() -> None:
         vllm.update(vllm_server_base_url=options.server_url, vllm_server_timeout=180.0)
     # AdamW (the default optimiser): the fixture is trained and peaked, so SGD on its small entropy
     # gradients barely moves it, while Adam's normalised steps move every weight by ~lr.
-    shared = dict(max_steps=options.steps, learning_rate=options.learning_rate, per_device_train_batch_size=4,
-                  max_completion_length=options.max_completion_length, logging_steps=1,
-                  use_cpu=options.device == "cpu", **vllm)  # fmt: skip
+    shared = {**_TOY_COMMON, "output_dir": str(options.out), "seed": 0, "max_steps": options.steps,
+              "learning_rate": options.learning_rate, "per_device_train_batch_size": 4,
+              "max_completion_length": options.max_completion_length, "logging_steps": 1,
+              "use_cpu": options.device == "cpu", **vllm}  # fmt: skip
     if options.method == "em_ft":
-        args = EMFTConfig(**common_args(options.out, **shared, num_generations=1, beta=0.0))
+        args = EMFTConfig(**shared, num_generations=1, beta=0.0)
         trainer_class = EMFTTrainer
     else:
         reward_type = options.method.removeprefix("em_rl_")
         settings = dict(num_generations=2, reward_type=reward_type,
                         vllm_importance_sampling_correction=reward_type == "token")  # fmt: skip
-        args = EMRLConfig(**common_args(options.out, **shared, **settings))
+        args = EMRLConfig(**shared, **settings)
         trainer_class = EMRLTrainer
     trainer = trainer_class(model_dir, args=args, train_dataset=dataset, processing_class=tokenizer)
     # From disk, not copy.deepcopy(trainer.model): accelerate wraps model.forward in a closure over the

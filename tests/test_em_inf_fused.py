@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import shutil
 import subprocess
 import sys
 
@@ -129,10 +130,11 @@ def test_compiled_core_matches_float64():
     """torch.compile (inductor C++ on CPU): B = 6 (the two-graph loop) and B = 1 (the merged graph). Cold,
     the three compilations take 1-2 minutes on a 2-core machine; inductor's on-disk cache makes later runs
     a few seconds."""
-    try:
-        em_inf_fused.warmup("compile")
-    except em_inf_fused.FusedUnavailable as error:
-        pytest.skip(f"torch.compile is unavailable here: {error}")
+    # Only a missing C++ compiler excuses this test: `warmup` wraps every failure (an inductor error, a bug
+    # in the fused code) in FusedUnavailable, and skipping on that would hide it.
+    if not any(shutil.which(name) for name in ("c++", "g++", "clang++")):
+        pytest.skip("no C++ compiler on PATH: inductor cannot build CPU kernels")
+    em_inf_fused.warmup("compile")
     z = scaled_logits()
     check_against_float64(z, "compile", steps=3)
     for row in (0, 4):

@@ -533,6 +533,12 @@ def _output_jacobian(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
     return torch.cat([jac[k].reshape(x.shape[0], -1) for k in params], 1).double()
 
 
+def _residuals(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """``f(x) - y`` ``(n,)`` float64, no gradient."""
+    with torch.no_grad():
+        return (_predict(model, dict(model.named_parameters()), x) - y).double()
+
+
 class GaussNewtonInfluence:
     """Influence functions with the damped Gauss-Newton (GN) Hessian of the mean squared error, as in the
     paper's CG / LiSSA baselines (torch-influence with ``gnh=True``), solved in the n-dimensional dual space.
@@ -603,8 +609,7 @@ class GaussNewtonInfluence:
             raise ValueError("x_train and y_train disagree on the number of samples")
         self.model_ = model
         self.jacobian_ = _output_jacobian(model, x)  # (n, p)
-        with torch.no_grad():
-            self.residuals_ = (_predict(model, dict(model.named_parameters()), x) - y).double()
+        self.residuals_ = _residuals(model, x, y)
         n, p = self.jacobian_.shape
         self.kernel_ = self.jacobian_ @ self.jacobian_.T  # (n, n)
         self.eigenvalues_, self.eigenvectors_ = torch.linalg.eigh(2.0 / n * self.kernel_)
@@ -616,20 +621,20 @@ class GaussNewtonInfluence:
         )
         return self
 
-    def _rhs(self, leave_out) -> tuple[np.ndarray, torch.Tensor]:
+    def _rhs(self, leave_out) -> torch.Tensor:
+        """``(n, n_leave_out)`` dual right-hand sides ``2 r_i e_i``."""
         leave_out = np.asarray(leave_out, dtype=np.int64)
         n = self.kernel_.shape[0]
         if leave_out.ndim != 1 or leave_out.size == 0 or leave_out.min() < 0 or leave_out.max() >= n:
             raise ValueError(f"leave_out must be a non-empty 1-D array of indices in [0, {n})")
         rhs = torch.zeros(n, leave_out.size, dtype=torch.float64)
         rhs[leave_out, np.arange(leave_out.size)] = 2.0 * self.residuals_[leave_out]
-        return leave_out, rhs
+        return rhs
 
     def _test_side(self, x_test, y_test) -> torch.Tensor:
         """``2 r_z K_zX`` ``(n_test, n)``: test gradients mapped onto the dual space."""
         x, y = _as_tensor("x_test", x_test, 2), _as_tensor("y_test", y_test, 1)
-        with torch.no_grad():
-            r = (_predict(self.model_, dict(self.model_.named_parameters()), x) - y).double()
+        r = _residuals(self.model_, x, y)
         return 2.0 * r[:, None] * (_output_jacobian(self.model_, x) @ self.jacobian_.T)
 
     def _spectral(self, rhs: torch.Tensor, filt: torch.Tensor) -> torch.Tensor:
@@ -677,7 +682,7 @@ class GaussNewtonInfluence:
 
     def scores(self, x_test, y_test, leave_out) -> np.ndarray:
         """``g_z^T (H + lam I)^{-1} g_i`` ``(n_leave_out, n_test)``; positive = ``i`` helps ``z``."""
-        _, rhs = self._rhs(leave_out)
+        rhs = self._rhs(leave_out)
         if self.solver == "explicit":
             dual = self._spectral(rhs, 1.0 / (self.eigenvalues_ + self.damping_).clamp_min(1e-300))
         elif self.solver == "cg":
@@ -691,7 +696,7 @@ class GaussNewtonInfluence:
         ``(n_leave_out, n_test)``, scaled by ``n`` like ``scores``."""
         if not time > 0:
             raise ValueError(f"time must be > 0, got {time}")
-        _, rhs = self._rhs(leave_out)
+        rhs = self._rhs(leave_out)
         w = self.eigenvalues_
         # (1 - exp(-t w)) / w, with its limit t at w = 0
         filt = torch.where(w * time > 1e-12, -torch.expm1(-time * w) / w.clamp_min(1e-300), time)

@@ -145,16 +145,15 @@ def run(
     start = time.process_time()
     gn = GaussNewtonInfluence(solver="explicit").fit(model, x_tr, y_tr)
     base = gn.mean_squared_gradient_
-    damping_sweep = {}
+    damping_sweep, sweep_scores = {}, {}
     for multiple in DAMPING_MULTIPLES:
         gn.damping_ = multiple * base
-        scores = gn.scores(x_te, y_te, leave_out)
+        sweep_scores[multiple] = scores = gn.scores(x_te, y_te, leave_out)
         damping_sweep[str(multiple)] = [
             agreement(scores, gold.gold_[c])["cosine"] for c in range(len(checkpoints))
         ]
+    paper_if = sweep_scores[1000]  # the paper's damping, already in the sweep
     steps_per_epoch = int(np.ceil(len(x_tr) / BATCH))
-    gn.damping_ = 1000 * base
-    paper_if = gn.scores(x_te, y_te, leave_out)
     # Linearised prediction at each checkpoint's own flow time: its agreement with the gold standard (does
     # the linear picture hold?), the size ratio |gold| / |linearised| (1 if it holds) and its agreement with
     # the damped IF (how far the linear picture alone predicts the IF's agreement to rise).

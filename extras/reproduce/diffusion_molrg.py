@@ -137,15 +137,16 @@ def run_trained(seed: int, quick: bool) -> dict:
     tol = 2.0 * np.sqrt(2 * 0.7 * 0.3 / n_eval)
     sweep_sizes = (8, 4096) if quick else SWEEP_SIZES
     seeds = (seed,) if quick else tuple(seed + i for i in range(N_SEEDS))
+    data = QUICK_DATA if quick else TRAINED_DATA
     runs = []
     for s in seeds:
-        model = MoLRG(**(QUICK_DATA if quick else TRAINED_DATA), random_state=s)
+        model = MoLRG(**data, random_state=s)
         for n_train in sweep_sizes if s == seed else (min(sweep_sizes), max(sweep_sizes)):
             runs.append(train_and_probe(model, n_train, s, quick, sigmas, tol))
     ends = [r for r in runs if r["seed"] == seed]
     return {
         "config": {
-            **(QUICK_DATA if quick else TRAINED_DATA),
+            **data,
             **(QUICK_TRAIN if quick else TRAIN),
             "n_eval": n_eval,
         },

@@ -209,7 +209,7 @@ def test_bad_inputs_raise(problem):
         train_final_model(model, x[:, 0], y)
 
 
-def _gauss_newton_reference(model, x, y, x_test, y_test, leave_out):
+def _gauss_newton_reference(model, x, y, x_test, y_test):
     """Per-sample training / test gradients and the explicit p x p Gauss-Newton Hessian (2/n) J^T J."""
     g_train = _per_sample_grads(model, x, y).double()
     g_test = _per_sample_grads(model, x_test, y_test).double()
@@ -228,7 +228,7 @@ def _gauss_newton_reference(model, x, y, x_test, y_test, leave_out):
 )
 def test_gauss_newton_influence_matches_explicit_inverse(problem, solver, damping):
     model, x, y, x_test, y_test, leave_out = problem
-    g_train, g_test, gn = _gauss_newton_reference(model, x, y, x_test, y_test, leave_out)
+    g_train, g_test, gn = _gauss_newton_reference(model, x, y, x_test, y_test)
     eye = torch.eye(gn.shape[0], dtype=torch.float64)
     expected = (g_train[leave_out] @ torch.linalg.solve(gn + damping * eye, g_test.T)).numpy()
     kwargs = {"lissa_depth": 3000, "lissa_scale": 20.0, "lissa_batch": None} if solver == "lissa" else {}
@@ -255,7 +255,7 @@ def test_minibatch_lissa_is_close_to_the_solve(problem):
 
 def test_gauss_newton_default_damping_is_1000x_mean_squared_gradient(problem):
     model, x, y, x_test, y_test, leave_out = problem
-    g_train, _, _ = _gauss_newton_reference(model, x, y, x_test, y_test, leave_out)
+    g_train, _, _ = _gauss_newton_reference(model, x, y, x_test, y_test)
     est = GaussNewtonInfluence().fit(model, x, y)
     assert est.mean_squared_gradient_ == pytest.approx(float((g_train**2).mean()), rel=1e-4)
     assert est.damping_ == pytest.approx(1000 * est.mean_squared_gradient_)
@@ -266,7 +266,7 @@ def test_gauss_newton_default_damping_is_1000x_mean_squared_gradient(problem):
 def test_linearised_further_training_limits(problem):
     """H^{-1}(I - exp(-tH)) against an explicit matrix function; Grad-Dot for small t, IF for large t."""
     model, x, y, x_test, y_test, leave_out = problem
-    g_train, g_test, gn = _gauss_newton_reference(model, x, y, x_test, y_test, leave_out)
+    g_train, g_test, gn = _gauss_newton_reference(model, x, y, x_test, y_test)
     est = GaussNewtonInfluence().fit(model, x, y)
     eigvals, eigvecs = torch.linalg.eigh(gn)
     eigvals = eigvals.clamp_min(0.0)
